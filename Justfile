@@ -1,0 +1,62 @@
+# plugin-operator: run `just` to list the recipes.
+
+set shell := ["bash", "-euo", "pipefail", "-c"]
+
+kubeconfig := justfile_directory() / "target/local-cluster/kubeconfig"
+
+# List the recipes
+default:
+    @just --list --unsorted
+
+# Start the local control plane (etcd, kube-apiserver, kube-controller-manager, node simulator)
+cluster-up:
+    cargo build -q -p devtools --bin node-sim
+    devtools/scripts/cluster.sh up
+
+# Stop the local control plane started by cluster-up
+cluster-down:
+    devtools/scripts/cluster.sh down
+
+# Run the operator against the local control plane (CRDs installed first)
+run: cluster-up crds-install
+    KUBECONFIG={{kubeconfig}} cargo run -- run --no-leader-election --api-addr 127.0.0.1:8080 --admin-addr 127.0.0.1:8081
+
+# The main job: local cluster, operator and examples, watched as a user would
+demo:
+    devtools/scripts/demo.sh
+
+# Everything a contributor must pass: format, lints, unit and end-to-end tests
+test: tools fmt-check lint unit e2e
+
+# Unit tests (no cluster needed)
+unit:
+    cargo test --workspace --lib --bins
+
+# End-to-end tests against the local control plane (started when needed)
+e2e: cluster-up
+    KUBECONFIG={{kubeconfig}} cargo test --workspace --tests -- --test-threads 4
+
+# Clippy with warnings denied
+lint:
+    cargo clippy --workspace --all-targets -- -D warnings
+
+# Format the code
+fmt:
+    cargo fmt --all
+
+# Check formatting
+fmt-check:
+    cargo fmt --all -- --check
+
+# Regenerate crds/ from the Rust types (one file per kind)
+crds:
+    cargo run -q -- crds --out-dir crds
+
+# Apply crds/ to the local control plane
+crds-install: cluster-up
+    KUBECONFIG={{kubeconfig}} target/local-cluster/bin/kubectl apply --server-side -f crds/ >/dev/null
+
+# Make sure the toolchain components the recipes use are present
+tools:
+    @rustup component list --installed 2>/dev/null | grep -q '^rustfmt' || rustup component add rustfmt
+    @rustup component list --installed 2>/dev/null | grep -q '^clippy' || rustup component add clippy
