@@ -91,20 +91,19 @@ fn random_suffix() -> String {
 
 static COUNTER: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
 
-/// Polls `check` every 200 ms until it yields `Some`, or panics after `deadline` with the last
-/// observation `describe` gives.
+/// Polls `check` every 200 ms until it yields `Ok`, or panics after `deadline` with the last
+/// observation (the `Err` text) it gave.
 pub async fn wait_until<T, F, Fut>(what: &str, deadline: Duration, mut check: F) -> T
 where
     F: FnMut() -> Fut,
     Fut: Future<Output = Result<T, String>>,
 {
     let start = tokio::time::Instant::now();
-    let mut last = String::from("nothing observed yet");
     loop {
-        match check().await {
+        let last = match check().await {
             Ok(value) => return value,
-            Err(observed) => last = observed,
-        }
+            Err(observed) => observed,
+        };
         if start.elapsed() > deadline {
             panic!("timed out after {deadline:?} waiting for {what}; last seen: {last}");
         }
