@@ -98,6 +98,10 @@ build_kubernetes() {
   log "cached binaries in $BIN_DIR"
 }
 
+mkdir -p "$CACHE_DIR"
+# Concurrent callers (several shells, CI and a developer) wait for one build instead of racing.
+exec 9>"$CACHE_DIR/.build.lock"
+flock 9
 install_etcd
 build_kubernetes
 echo "$BIN_DIR"
