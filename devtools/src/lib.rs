@@ -1,3 +1,4 @@
 //! Development tooling for plugin-operator: the node simulator and the end-to-end test kit.
 //! Never part of the operator image.
+pub mod sim;
 pub mod testkit;
