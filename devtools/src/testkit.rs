@@ -13,10 +13,17 @@ use kube::{
 
 /// Where `just cluster-up` writes the admin kubeconfig.
 pub fn local_kubeconfig_path() -> PathBuf {
+    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..");
     if let Ok(path) = std::env::var("KUBECONFIG") {
-        return PathBuf::from(path);
+        let path = PathBuf::from(path);
+        // `cargo test` runs in the crate's directory; a relative path that does not resolve
+        // from there is taken from the workspace root, where `KUBECONFIG=target/...` is typed.
+        if path.is_relative() && !path.exists() && root.join(&path).exists() {
+            return root.join(path);
+        }
+        return path;
     }
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target/local-cluster/kubeconfig")
+    root.join("target/local-cluster/kubeconfig")
 }
 
 /// An admin client for the local control plane; panics with a hint when it is not up.
@@ -37,7 +44,6 @@ pub async fn client() -> Client {
 /// A namespace created for one test and deleted when the guard drops.
 pub struct TestNamespace {
     pub name: String,
-    client: Client,
 }
 
 impl TestNamespace {
@@ -55,23 +61,33 @@ impl TestNamespace {
         api.create(&PostParams::default(), &ns)
             .await
             .expect("create test namespace");
-        Self {
-            name,
-            client: client.clone(),
-        }
+        Self { name }
     }
 }
 
 impl Drop for TestNamespace {
     fn drop(&mut self) {
-        let api: Api<Namespace> = Api::all(self.client.clone());
+        // A task spawned on the test's runtime would not run: a #[tokio::test] stops its runtime
+        // right after the test (and this guard) ends, also when it panics. The test's client
+        // cannot be used while its runtime is blocked here either. So delete from a thread of
+        // our own, with a client of its own, and wait for the request only: the namespace
+        // controller finishes the deletion.
         let name = self.name.clone();
-        // Best effort, without blocking the test's runtime: the namespace controller finishes it.
-        if let Ok(handle) = tokio::runtime::Handle::try_current() {
-            handle.spawn(async move {
-                let _ = api.delete(&name, &DeleteParams::background()).await;
+        let deleter = std::thread::spawn(move || {
+            let Ok(runtime) = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+            else {
+                return;
+            };
+            runtime.block_on(async {
+                let api: Api<Namespace> = Api::all(client().await);
+                let params = DeleteParams::background();
+                let delete = api.delete(&name, &params);
+                let _ = tokio::time::timeout(Duration::from_secs(10), delete).await;
             });
-        }
+        });
+        let _ = deleter.join();
     }
 }
 
