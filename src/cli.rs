@@ -18,8 +18,35 @@ pub struct Cli {
 pub enum Command {
     /// Run the operator: controllers (on the Lease holder), HTTP API and admin server.
     Run(RunArgs),
-    /// Print the CustomResourceDefinitions as YAML.
-    Crds,
+    /// Print the CustomResourceDefinitions as YAML (or write one file per kind).
+    Crds(CrdsArgs),
+}
+
+#[derive(Args, Debug, Clone, Default)]
+pub struct CrdsArgs {
+    /// Write one file per kind into this directory instead of printing one stream:
+    /// plugin.yaml, pluginversion.yaml and plugininstall.yaml for every Kubernetes version, and
+    /// the same with CEL validation rules under cel/ (Kubernetes 1.25+).
+    #[arg(long, value_name = "DIR")]
+    pub out_dir: Option<std::path::PathBuf>,
+    /// Target an API server of this Kubernetes version (e.g. 1.20): before 1.25 the CEL
+    /// validation rules, which such servers cannot run, are left out. Default: the newest.
+    #[arg(long, value_name = "MAJOR.MINOR", value_parser = parse_kubernetes_minor)]
+    pub kubernetes_version: Option<u32>,
+}
+
+/// `1.20`, `v1.20` or `1.20.2` → 20.
+fn parse_kubernetes_minor(value: &str) -> Result<u32, String> {
+    let version = value.trim().trim_start_matches('v');
+    let mut parts = version.split('.');
+    match (parts.next(), parts.next()) {
+        (Some("1"), Some(minor)) => minor
+            .parse()
+            .map_err(|_| format!("{value:?}: the minor version is not a number")),
+        _ => Err(format!(
+            "{value:?} is not a Kubernetes version such as 1.20"
+        )),
+    }
 }
 
 #[derive(Args, Debug, Clone)]
@@ -50,4 +77,22 @@ pub struct RunArgs {
     /// Log as JSON lines instead of human-readable text.
     #[arg(long, env = "PLUGIN_OPERATOR_LOG_JSON")]
     pub log_json: bool,
+    /// Namespace of the leader-election Lease (in a cluster: the operator's own).
+    #[arg(long, env = "POD_NAMESPACE", default_value = "default")]
+    pub lease_namespace: String,
+    /// Seconds the Lease stays valid after its last renewal; a crashed leader is replaced
+    /// after at most this long.
+    #[arg(long, default_value_t = 15, value_parser = clap::value_parser!(u64).range(2..))]
+    pub lease_duration: u64,
+    /// Seconds before the Lease expires at which the leader renews it.
+    #[arg(long, default_value_t = 5, value_parser = clap::value_parser!(u64).range(1..))]
+    pub lease_renew_before: u64,
+    /// This replica's name in the Lease and in Events (in a cluster: the pod name).
+    #[arg(long, env = "POD_NAME", default_value_t = default_identity())]
+    pub identity: String,
+}
+
+fn default_identity() -> String {
+    let host = std::env::var("HOSTNAME").unwrap_or_else(|_| "plugin-operator".to_owned());
+    format!("{host}-{}", std::process::id())
 }

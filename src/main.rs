@@ -1,15 +1,13 @@
 use clap::Parser;
-use plugin_operator::cli::{Cli, Command};
+use plugin_operator::cli::{Cli, Command, CrdsArgs};
+use plugin_operator::resources;
 
 #[tokio::main]
 async fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
     match cli.command {
-        Command::Crds => match plugin_operator::resources::crds_yaml() {
-            Ok(yaml) => {
-                print!("{yaml}");
-                std::process::ExitCode::SUCCESS
-            }
+        Command::Crds(args) => match crds(&args) {
+            Ok(()) => std::process::ExitCode::SUCCESS,
             Err(err) => {
                 eprintln!("error: {err}");
                 std::process::ExitCode::FAILURE
@@ -26,4 +24,28 @@ async fn main() -> std::process::ExitCode {
             }
         }
     }
+}
+
+/// `plugin-operator crds`: prints the CRDs, or writes one file per kind into `--out-dir`.
+fn crds(args: &CrdsArgs) -> Result<(), Box<dyn std::error::Error>> {
+    let Some(dir) = &args.out_dir else {
+        let yaml = match args.kubernetes_version {
+            Some(minor) => resources::crds_yaml_for_server(minor)?,
+            None => resources::crds_yaml()?,
+        };
+        print!("{yaml}");
+        return Ok(());
+    };
+    let files = match args.kubernetes_version {
+        Some(minor) => resources::crd_files_for_server(minor)?,
+        None => resources::crd_files()?,
+    };
+    for (path, text) in files {
+        let path = dir.join(path);
+        if let Some(parent) = path.parent() {
+            std::fs::create_dir_all(parent)?;
+        }
+        std::fs::write(&path, text).map_err(|err| format!("writing {}: {err}", path.display()))?;
+    }
+    Ok(())
 }

@@ -1,0 +1,351 @@
+//! The one place conditions are merged: `lastTransitionTime` moves only when a status changes.
+
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
+
+/// PluginInstall: the plugin is Active on its target version.
+pub const READY: &str = "Ready";
+/// PluginInstall: a start or a rollout is in progress.
+pub const PROGRESSING: &str = "Progressing";
+/// PluginInstall: the plugin failed (restarting, error, or a reverted rollout).
+pub const DEGRADED: &str = "Degraded";
+/// PluginInstall: the config (with its Secrets) satisfies the version's configSchema.
+pub const CONFIG_VALID: &str = "ConfigValid";
+/// PluginInstall: a newer formal version in range is not running yet.
+pub const UPGRADE_AVAILABLE: &str = "UpgradeAvailable";
+/// Plugin and PluginVersion: the spec is valid (and, for a version, its Plugin exists, its
+/// number is unique and its configSchema compiles).
+pub const ACCEPTED: &str = "Accepted";
+
+/// Reasons: why a condition has its status. CamelCase, as `metav1.Condition` requires.
+pub mod reason {
+    // Phases, for `Ready`.
+    pub const INACTIVE: &str = "Inactive";
+    pub const STARTING: &str = "Starting";
+    pub const CONNECTING: &str = "Connecting";
+    pub const ACTIVE: &str = "Active";
+    pub const RESTARTING: &str = "Restarting";
+    pub const ERROR: &str = "Error";
+
+    // Failures, for `Degraded`, `Ready` and `status.lastFailure`.
+    pub const IMAGE_PULL_FAILED: &str = "ImagePullFailed";
+    pub const CRASH_LOOP: &str = "CrashLoop";
+    pub const CONTAINER_CONFIG_ERROR: &str = "ContainerConfigError";
+    pub const PROGRESS_DEADLINE_EXCEEDED: &str = "ProgressDeadlineExceeded";
+    pub const RESTART_FAILED: &str = "RestartFailed";
+    pub const CONTAINER_RESTARTED: &str = "ContainerRestarted";
+    pub const POD_UNREADY: &str = "PodUnready";
+    pub const FAILURE_REPORTED: &str = "FailureReported";
+    pub const HEALTH_CHECK_FAILED: &str = "HealthCheckFailed";
+    pub const UNSUPPORTED_EXECUTION: &str = "UnsupportedExecution";
+    pub const PLUGIN_NOT_FOUND: &str = "PluginNotFound";
+    pub const PLUGIN_NOT_INSTALLABLE: &str = "PluginNotInstallable";
+    pub const VERSION_NOT_FOUND: &str = "VersionNotFound";
+    pub const NO_MATCHING_VERSION: &str = "NoMatchingVersion";
+    pub const INVALID_SPEC: &str = "InvalidSpec";
+    pub const HEALTHY: &str = "Healthy";
+
+    // `Progressing`.
+    pub const ROLLING_OUT: &str = "RollingOut";
+    pub const ROLLOUT_COMPLETE: &str = "RolloutComplete";
+    pub const ROLLED_BACK: &str = "RolledBack";
+
+    // `ConfigValid`.
+    pub const CONFIG_VALID: &str = "ConfigValid";
+    pub const CONFIG_INVALID: &str = "ConfigInvalid";
+    pub const SECRET_NOT_FOUND: &str = "SecretNotFound";
+
+    // `UpgradeAvailable`.
+    pub const NEWER_VERSION: &str = "NewerVersion";
+    pub const AWAITING_APPROVAL: &str = "AwaitingApproval";
+    pub const UP_TO_DATE: &str = "UpToDate";
+
+    // `Accepted`.
+    pub const ACCEPTED: &str = "Accepted";
+    pub const DUPLICATE_VERSION: &str = "DuplicateVersion";
+    pub const INVALID_CONFIG_SCHEMA: &str = "InvalidConfigSchema";
+    pub const SPEC_CHANGED: &str = "SpecChanged";
+}
+
+/// `True`, `False` or `Unknown`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum ConditionStatus {
+    True,
+    False,
+    Unknown,
+}
+
+impl ConditionStatus {
+    /// As written in `status`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::True => "True",
+            Self::False => "False",
+            Self::Unknown => "Unknown",
+        }
+    }
+}
+
+impl From<bool> for ConditionStatus {
+    fn from(value: bool) -> Self {
+        if value { Self::True } else { Self::False }
+    }
+}
+
+/// A condition as a reconciler decides it; [`set_condition`] stamps the transition time.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct NewCondition {
+    pub type_: String,
+    pub status: ConditionStatus,
+    pub reason: String,
+    pub message: String,
+    pub observed_generation: Option<i64>,
+}
+
+impl NewCondition {
+    pub fn new(
+        type_: &str,
+        status: impl Into<ConditionStatus>,
+        reason: &str,
+        message: impl Into<String>,
+    ) -> Self {
+        Self {
+            type_: type_.to_owned(),
+            status: status.into(),
+            reason: reason.to_owned(),
+            message: message.into(),
+            observed_generation: None,
+        }
+    }
+
+    /// Sets the `metadata.generation` the condition was decided from.
+    pub fn observed_generation(mut self, generation: Option<i64>) -> Self {
+        self.observed_generation = generation;
+        self
+    }
+}
+
+/// Sets `new` in `conditions`, replacing the one of the same type. `lastTransitionTime` becomes
+/// `now` when the condition is new or its status changed, and is kept otherwise. Returns whether
+/// anything changed.
+pub fn set_condition(conditions: &mut Vec<Condition>, new: NewCondition, now: Time) -> bool {
+    let NewCondition {
+        type_,
+        status,
+        reason,
+        message,
+        observed_generation,
+    } = new;
+    let status = status.as_str();
+    match conditions.iter_mut().find(|c| c.type_ == type_) {
+        None => {
+            conditions.push(Condition {
+                type_,
+                status: status.to_owned(),
+                reason,
+                message,
+                observed_generation,
+                last_transition_time: now,
+            });
+            true
+        }
+        Some(existing) => {
+            let transition = existing.status != status;
+            let changed = transition
+                || existing.reason != reason
+                || existing.message != message
+                || existing.observed_generation != observed_generation;
+            if transition {
+                existing.status = status.to_owned();
+                existing.last_transition_time = now;
+            }
+            existing.reason = reason;
+            existing.message = message;
+            existing.observed_generation = observed_generation;
+            changed
+        }
+    }
+}
+
+/// The condition of type `type_`, if any.
+pub fn find_condition<'a>(conditions: &'a [Condition], type_: &str) -> Option<&'a Condition> {
+    conditions.iter().find(|c| c.type_ == type_)
+}
+
+/// Whether the condition of type `type_` is `True`.
+pub fn is_condition_true(conditions: &[Condition], type_: &str) -> bool {
+    find_condition(conditions, type_).is_some_and(|c| c.status == ConditionStatus::True.as_str())
+}
+
+/// Removes the condition of type `type_`. Returns whether there was one.
+pub fn remove_condition(conditions: &mut Vec<Condition>, type_: &str) -> bool {
+    let before = conditions.len();
+    conditions.retain(|c| c.type_ != type_);
+    conditions.len() != before
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use k8s_openapi::jiff::Timestamp;
+
+    fn at(second: i64) -> Time {
+        Time(Timestamp::from_second(second).expect("valid timestamp"))
+    }
+
+    fn ready(status: bool, reason: &str, message: &str) -> NewCondition {
+        NewCondition::new(READY, status, reason, message).observed_generation(Some(1))
+    }
+
+    #[test]
+    fn a_new_condition_is_added_with_now() {
+        let mut conditions = Vec::new();
+        assert!(set_condition(
+            &mut conditions,
+            ready(true, reason::ACTIVE, "up"),
+            at(10)
+        ));
+        assert_eq!(conditions.len(), 1);
+        let c = &conditions[0];
+        assert_eq!(c.type_, "Ready");
+        assert_eq!(c.status, "True");
+        assert_eq!(c.reason, "Active");
+        assert_eq!(c.message, "up");
+        assert_eq!(c.observed_generation, Some(1));
+        assert_eq!(c.last_transition_time, at(10));
+    }
+
+    #[test]
+    fn the_same_condition_again_changes_nothing() {
+        let mut conditions = Vec::new();
+        set_condition(&mut conditions, ready(true, reason::ACTIVE, "up"), at(10));
+        let before = conditions.clone();
+        assert!(!set_condition(
+            &mut conditions,
+            ready(true, reason::ACTIVE, "up"),
+            at(20)
+        ));
+        assert_eq!(conditions, before);
+    }
+
+    #[test]
+    fn same_status_keeps_the_transition_time_but_takes_reason_message_generation() {
+        let mut conditions = Vec::new();
+        set_condition(
+            &mut conditions,
+            ready(false, reason::STARTING, "starting"),
+            at(10),
+        );
+        let next = NewCondition::new(READY, false, reason::CONNECTING, "connecting")
+            .observed_generation(Some(2));
+        assert!(set_condition(&mut conditions, next, at(20)));
+        let c = &conditions[0];
+        assert_eq!(c.reason, "Connecting");
+        assert_eq!(c.message, "connecting");
+        assert_eq!(c.observed_generation, Some(2));
+        assert_eq!(c.last_transition_time, at(10));
+    }
+
+    #[test]
+    fn a_generation_change_alone_is_a_change() {
+        let mut conditions = Vec::new();
+        set_condition(&mut conditions, ready(true, reason::ACTIVE, "up"), at(10));
+        let next = ready(true, reason::ACTIVE, "up").observed_generation(Some(3));
+        assert!(set_condition(&mut conditions, next, at(20)));
+        assert_eq!(conditions[0].observed_generation, Some(3));
+        assert_eq!(conditions[0].last_transition_time, at(10));
+    }
+
+    #[test]
+    fn a_status_change_moves_the_transition_time() {
+        let mut conditions = Vec::new();
+        set_condition(&mut conditions, ready(true, reason::ACTIVE, "up"), at(10));
+        assert!(set_condition(
+            &mut conditions,
+            ready(false, reason::CRASH_LOOP, "down"),
+            at(20)
+        ));
+        assert_eq!(conditions[0].status, "False");
+        assert_eq!(conditions[0].last_transition_time, at(20));
+        let unknown = NewCondition::new(READY, ConditionStatus::Unknown, reason::STARTING, "");
+        assert!(set_condition(&mut conditions, unknown, at(30)));
+        assert_eq!(conditions[0].status, "Unknown");
+        assert_eq!(conditions[0].last_transition_time, at(30));
+    }
+
+    #[test]
+    fn conditions_of_other_types_are_left_alone() {
+        let mut conditions = Vec::new();
+        set_condition(&mut conditions, ready(true, reason::ACTIVE, "up"), at(10));
+        let config = NewCondition::new(CONFIG_VALID, true, reason::CONFIG_VALID, "");
+        assert!(set_condition(&mut conditions, config, at(20)));
+        assert_eq!(conditions.len(), 2);
+        assert!(set_condition(
+            &mut conditions,
+            ready(false, reason::ERROR, "x"),
+            at(30)
+        ));
+        assert_eq!(conditions.len(), 2);
+        let config = find_condition(&conditions, CONFIG_VALID).expect("ConfigValid is set");
+        assert_eq!(config.last_transition_time, at(20));
+        assert_eq!(conditions[0].type_, READY, "the order is kept");
+    }
+
+    #[test]
+    fn lookups_and_removal() {
+        let mut conditions = Vec::new();
+        assert!(!is_condition_true(&conditions, READY));
+        set_condition(&mut conditions, ready(true, reason::ACTIVE, "up"), at(10));
+        assert!(is_condition_true(&conditions, READY));
+        assert!(!is_condition_true(&conditions, DEGRADED));
+        assert!(find_condition(&conditions, DEGRADED).is_none());
+        assert!(remove_condition(&mut conditions, READY));
+        assert!(!remove_condition(&mut conditions, READY));
+        assert!(conditions.is_empty());
+    }
+
+    #[test]
+    fn reasons_are_valid_metav1_reasons() {
+        let all = [
+            reason::INACTIVE,
+            reason::STARTING,
+            reason::CONNECTING,
+            reason::ACTIVE,
+            reason::RESTARTING,
+            reason::ERROR,
+            reason::IMAGE_PULL_FAILED,
+            reason::CRASH_LOOP,
+            reason::CONTAINER_CONFIG_ERROR,
+            reason::PROGRESS_DEADLINE_EXCEEDED,
+            reason::RESTART_FAILED,
+            reason::CONTAINER_RESTARTED,
+            reason::POD_UNREADY,
+            reason::FAILURE_REPORTED,
+            reason::HEALTH_CHECK_FAILED,
+            reason::UNSUPPORTED_EXECUTION,
+            reason::PLUGIN_NOT_FOUND,
+            reason::PLUGIN_NOT_INSTALLABLE,
+            reason::VERSION_NOT_FOUND,
+            reason::NO_MATCHING_VERSION,
+            reason::INVALID_SPEC,
+            reason::HEALTHY,
+            reason::ROLLING_OUT,
+            reason::ROLLOUT_COMPLETE,
+            reason::ROLLED_BACK,
+            reason::CONFIG_VALID,
+            reason::CONFIG_INVALID,
+            reason::SECRET_NOT_FOUND,
+            reason::NEWER_VERSION,
+            reason::AWAITING_APPROVAL,
+            reason::UP_TO_DATE,
+            reason::ACCEPTED,
+            reason::DUPLICATE_VERSION,
+            reason::INVALID_CONFIG_SCHEMA,
+            reason::SPEC_CHANGED,
+        ];
+        for r in all {
+            let mut chars = r.chars();
+            assert!(chars.next().is_some_and(|c| c.is_ascii_alphabetic()), "{r}");
+            assert!(r.chars().all(|c| c.is_ascii_alphanumeric()), "{r}");
+        }
+    }
+}

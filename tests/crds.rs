@@ -1,0 +1,434 @@
+//! The CRDs: `crds/` is what the code generates, and the API server takes them and enforces
+//! their schemas (against the local control plane, `just cluster-up`).
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use devtools::testkit::{self, TestNamespace};
+use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+use kube::api::{Api, DynamicObject, Patch, PatchParams, PostParams};
+use kube::core::ApiResource;
+use kube::{Client, CustomResourceExt, Resource};
+use plugin_operator::resources::{
+    self, ConnectionMode, Plugin, PluginAttribution, PluginInstall, PluginReference, PluginVersion,
+    UpgradeMode, VersionAttribution,
+};
+use serde_json::{Value, json};
+
+fn crds_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("crds")
+}
+
+fn yaml_files(dir: &Path) -> Vec<PathBuf> {
+    let mut found = Vec::new();
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return found;
+    };
+    for entry in entries.flatten() {
+        let path = entry.path();
+        if path.is_dir() {
+            found.extend(yaml_files(&path));
+        } else if path.extension().is_some_and(|e| e == "yaml" || e == "yml") {
+            found.push(path);
+        }
+    }
+    found.sort();
+    found
+}
+
+#[test]
+fn committed_crds_are_what_the_code_generates() {
+    let dir = crds_dir();
+    let expected = resources::crd_files().expect("CRDs serialize");
+    let mut stale = Vec::new();
+    for (path, text) in &expected {
+        match std::fs::read_to_string(dir.join(path)) {
+            Ok(committed) if &committed == text => {}
+            Ok(_) => stale.push(format!("{} differs", path.display())),
+            Err(err) => stale.push(format!("{} is missing ({err})", path.display())),
+        }
+    }
+    let wanted: Vec<PathBuf> = expected.iter().map(|(p, _)| dir.join(p)).collect();
+    for file in yaml_files(&dir) {
+        if !wanted.contains(&file) {
+            stale.push(format!("{} is not generated any more", file.display()));
+        }
+    }
+    assert!(
+        stale.is_empty(),
+        "crds/ is stale, run `just crds`: {}",
+        stale.join("; ")
+    );
+}
+
+#[test]
+fn crds_name_the_kinds_as_the_spec_says() {
+    let crds = resources::crds();
+    let names: Vec<(&str, &str, &str)> = crds
+        .iter()
+        .map(|c| {
+            let names = &c.spec.names;
+            let short = names
+                .short_names
+                .as_ref()
+                .and_then(|s| s.first())
+                .map_or("", |s| s);
+            (
+                c.metadata.name.as_deref().unwrap_or(""),
+                names.kind.as_str(),
+                short,
+            )
+        })
+        .collect();
+    assert_eq!(
+        names,
+        [
+            ("plugins.plugin-operator.dev", "Plugin", "plg"),
+            (
+                "pluginversions.plugin-operator.dev",
+                "PluginVersion",
+                "plgv"
+            ),
+            (
+                "plugininstalls.plugin-operator.dev",
+                "PluginInstall",
+                "plgi"
+            ),
+        ]
+    );
+    for crd in &crds {
+        assert_eq!(crd.spec.group, resources::GROUP);
+        assert_eq!(crd.spec.scope, "Namespaced");
+        assert_eq!(
+            crd.spec.names.categories.as_deref(),
+            Some(&["plugins".to_owned()][..])
+        );
+        let version = &crd.spec.versions[0];
+        assert_eq!(version.name, resources::VERSION);
+        assert!(
+            version
+                .subresources
+                .as_ref()
+                .is_some_and(|s| s.status.is_some())
+        );
+        let columns: Vec<&str> = version
+            .additional_printer_columns
+            .iter()
+            .flatten()
+            .map(|c| c.name.as_str())
+            .collect();
+        let expected: &[&str] = match crd.spec.names.kind.as_str() {
+            "Plugin" => &["Type", "Latest", "Installs", "Age"],
+            "PluginVersion" => &["Plugin", "Version", "Attribution", "Accepted", "Age"],
+            _ => &["Plugin", "Version", "Phase", "Available", "Age"],
+        };
+        assert_eq!(columns, expected, "{}", crd.spec.names.kind);
+    }
+}
+
+#[test]
+fn cel_rules_are_left_out_only_for_servers_before_1_25() {
+    let count = |crds: &[CustomResourceDefinition]| {
+        let text = serde_json::to_string(crds).expect("serializes");
+        text.matches("x-kubernetes-validations").count()
+    };
+    assert_eq!(count(&resources::crds()), 3);
+    assert_eq!(count(&resources::crds_for_server(33)), 3);
+    assert_eq!(count(&resources::crds_for_server(25)), 3);
+    assert_eq!(count(&resources::crds_for_server(24)), 0);
+    assert_eq!(count(&resources::crds_for_server(20)), 0);
+    let mut full = serde_json::to_value(resources::crds()).expect("serializes");
+    strip_key(&mut full, "x-kubernetes-validations");
+    let old = serde_json::to_value(resources::crds_for_server(20)).expect("serializes");
+    assert_eq!(full, old, "nothing else differs");
+}
+
+fn strip_key(value: &mut Value, key: &str) {
+    match value {
+        Value::Object(map) => {
+            map.remove(key);
+            map.values_mut().for_each(|v| strip_key(v, key));
+        }
+        Value::Array(items) => items.iter_mut().for_each(|v| strip_key(v, key)),
+        _ => {}
+    }
+}
+
+async fn server_minor(client: &Client) -> u32 {
+    let info = client.apiserver_version().await.expect("server version");
+    let digits: String = info
+        .minor
+        .chars()
+        .take_while(char::is_ascii_digit)
+        .collect();
+    digits.parse().expect("numeric minor version")
+}
+
+/// Applies the CRDs the server can take (as `just crds-install` does) and waits until they are
+/// established.
+async fn install_crds(client: &Client, minor: u32) {
+    let api: Api<CustomResourceDefinition> = Api::all(client.clone());
+    let params = PatchParams::apply("plugin-operator-tests").force();
+    for crd in resources::crds_for_server(minor) {
+        let name = crd.metadata.name.clone().expect("CRDs have names");
+        api.patch(&name, &params, &Patch::Apply(&crd))
+            .await
+            .expect("the server takes the CRD");
+        testkit::wait_until(
+            &format!("CRD {name} established"),
+            Duration::from_secs(30),
+            || {
+                let api = api.clone();
+                let name = name.clone();
+                async move {
+                    let crd = api.get(&name).await.map_err(|e| e.to_string())?;
+                    let conditions = crd.status.and_then(|s| s.conditions).unwrap_or_default();
+                    let established = conditions
+                        .iter()
+                        .any(|c| c.type_ == "Established" && c.status == "True");
+                    let non_structural = conditions
+                        .iter()
+                        .find(|c| c.type_ == "NonStructuralSchema" && c.status == "True");
+                    if let Some(c) = non_structural {
+                        panic!(
+                            "{name} is not structural: {}",
+                            c.message.as_deref().unwrap_or("")
+                        );
+                    }
+                    if established {
+                        Ok(())
+                    } else {
+                        Err(format!("{conditions:?}"))
+                    }
+                }
+            },
+        )
+        .await;
+    }
+}
+
+fn dynamic_api<K: Resource<DynamicType = ()>>(
+    client: &Client,
+    ns: &str,
+) -> (Api<DynamicObject>, ApiResource) {
+    let ar = ApiResource::erase::<K>(&());
+    (Api::namespaced_with(client.clone(), ns, &ar), ar)
+}
+
+/// Creates an object from raw JSON (as `kubectl apply` would, without any client-side
+/// defaults), returning the server's error message when it refuses it.
+async fn create_raw<K: Resource<DynamicType = ()>>(
+    client: &Client,
+    ns: &str,
+    name: &str,
+    body: Value,
+) -> Result<(), String> {
+    let (api, ar) = dynamic_api::<K>(client, ns);
+    let object = DynamicObject::new(name, &ar).data(body);
+    api.create(&PostParams::default(), &object)
+        .await
+        .map(drop)
+        .map_err(|err| match err {
+            kube::Error::Api(status) => status.message,
+            other => other.to_string(),
+        })
+}
+
+async fn patch_raw<K: Resource<DynamicType = ()>>(
+    client: &Client,
+    ns: &str,
+    name: &str,
+    patch: Value,
+) -> Result<(), String> {
+    let (api, _) = dynamic_api::<K>(client, ns);
+    api.patch(name, &PatchParams::default(), &Patch::Merge(&patch))
+        .await
+        .map(drop)
+        .map_err(|err| match err {
+            kube::Error::Api(status) => status.message,
+            other => other.to_string(),
+        })
+}
+
+#[tokio::test]
+async fn the_api_server_takes_the_crds_applies_defaults_and_refuses_bad_objects() {
+    let client = testkit::client().await;
+    let minor = server_minor(&client).await;
+    if minor < resources::CEL_MIN_MINOR {
+        // Servers before 1.25 do not know `x-kubernetes-validations`: a server-side apply of the
+        // full CRDs is refused, which is why `crds_for_server` leaves the rules out.
+        let api: Api<CustomResourceDefinition> = Api::all(client.clone());
+        let params = PatchParams::apply("plugin-operator-tests").dry_run();
+        let full = PluginVersion::crd();
+        let name = full.metadata.name.clone().expect("named");
+        let err = api
+            .patch(&name, &params, &Patch::Apply(&full))
+            .await
+            .expect_err("refused");
+        assert!(
+            err.to_string().contains("x-kubernetes-validations"),
+            "{err}"
+        );
+    }
+    install_crds(&client, minor).await;
+    let ns = TestNamespace::create(&client, "crds").await;
+    let ns = ns.name.as_str();
+
+    // Defaults are filled in by the API server.
+    create_raw::<Plugin>(
+        &client,
+        ns,
+        "billing",
+        json!({"spec": {"type": "OplogProcessor"}}),
+    )
+    .await
+    .expect("a minimal Plugin");
+    let plugin = Api::<Plugin>::namespaced(client.clone(), ns)
+        .get("billing")
+        .await
+        .expect("get");
+    assert_eq!(plugin.spec.attribution, PluginAttribution::Custom);
+    assert_eq!(plugin.spec.connection.mode, ConnectionMode::Supervised);
+
+    create_raw::<PluginVersion>(
+        &client,
+        ns,
+        "billing-1.4.0",
+        json!({"spec": {
+            "plugin": "billing",
+            "version": "1.4.0",
+            "execution": {"image": "billing:1.4.0"},
+            "configSchema": {"type": "object", "properties": {"url": {"type": "string"}}},
+            "manifest": {"anything": ["goes", 1, {"deep": true}]},
+        }}),
+    )
+    .await
+    .expect("a minimal PluginVersion");
+    let version = Api::<PluginVersion>::namespaced(client.clone(), ns)
+        .get("billing-1.4.0")
+        .await
+        .expect("get");
+    assert_eq!(version.spec.attribution, VersionAttribution::Formal);
+    let execution = version.spec.execution.as_ref().expect("execution");
+    assert_eq!(execution.port, 8080);
+    assert_eq!(
+        version.spec.manifest,
+        Some(json!({"anything": ["goes", 1, {"deep": true}]})),
+        "free-form fields are kept"
+    );
+
+    // `spec.plugin` of an install is a name or {name, namespace}.
+    create_raw::<PluginInstall>(
+        &client,
+        ns,
+        "by-name",
+        json!({"spec": {"plugin": "billing", "config": {"url": "https://x", "n": {"a": [1]}}}}),
+    )
+    .await
+    .expect("an install by name");
+    create_raw::<PluginInstall>(
+        &client,
+        ns,
+        "by-ref",
+        json!({"spec": {"plugin": {"name": "billing", "namespace": "plugin-catalog"}, "version": "^1.3"}}),
+    )
+    .await
+    .expect("an install by reference");
+    let installs = Api::<PluginInstall>::namespaced(client.clone(), ns);
+    let by_name = installs.get("by-name").await.expect("get");
+    assert_eq!(by_name.spec.plugin, PluginReference::from("billing"));
+    assert_eq!(by_name.spec.version, "*");
+    assert_eq!(by_name.spec.upgrade_mode, UpgradeMode::Manual);
+    assert!(by_name.spec.active);
+    assert_eq!(by_name.spec.replicas, 1);
+    assert_eq!(by_name.spec.progress_deadline_seconds, 300);
+    assert_eq!(
+        by_name.spec.config,
+        Some(json!({"url": "https://x", "n": {"a": [1]}}))
+    );
+    let by_ref = installs.get("by-ref").await.expect("get");
+    assert_eq!(by_ref.spec.plugin.name(), "billing");
+    assert_eq!(by_ref.spec.plugin.namespace(), Some("plugin-catalog"));
+
+    // The status subresource merges conditions by type.
+    let status = json!({"status": {"phase": "Active", "restarts": 1, "conditions": [{
+        "type": "Ready", "status": "True", "reason": "Active", "message": "up",
+        "lastTransitionTime": "2025-01-01T00:00:00Z"}]}});
+    installs
+        .patch_status(
+            "by-name",
+            &PatchParams::apply("plugin-operator-tests"),
+            &Patch::Apply(&json!({
+                "apiVersion": "plugin-operator.dev/v1alpha1", "kind": "PluginInstall",
+                "status": status["status"].clone(),
+            })),
+        )
+        .await
+        .expect("status applies");
+    let by_name = installs.get("by-name").await.expect("get");
+    let status = by_name.status.expect("status");
+    assert_eq!(status.phase, Some(resources::Phase::Active));
+    assert_eq!(status.conditions.len(), 1);
+
+    // What the schema refuses, with the field named.
+    let refused = [
+        create_raw::<Plugin>(&client, ns, "bad-plugin", json!({"spec": {"attribution": "mine"}})).await,
+        create_raw::<Plugin>(
+            &client,
+            ns,
+            "bad-endpoint",
+            json!({"spec": {"connection": {"mode": "external", "endpoint": "ftp://x"}}}),
+        )
+        .await,
+        create_raw::<PluginVersion>(
+            &client,
+            ns,
+            "bad-version",
+            json!({"spec": {"plugin": "billing", "version": "1.4", "execution": {"port": 0, "image": "x"}}}),
+        )
+        .await,
+        create_raw::<PluginInstall>(
+            &client,
+            ns,
+            "bad-install",
+            json!({"spec": {"plugin": "billing", "replicas": -1, "upgradeMode": "auto"}}),
+        )
+        .await,
+    ];
+    let expected = [
+        &["spec.attribution"][..],
+        &["spec.connection.endpoint"],
+        &["spec.version", "spec.execution.port"],
+        &["spec.replicas", "spec.upgradeMode"],
+    ];
+    for (result, fields) in refused.iter().zip(expected) {
+        let message = result.as_ref().expect_err("refused");
+        for field in fields {
+            assert!(message.contains(field), "{field} not named in: {message}");
+        }
+    }
+
+    if minor >= resources::CEL_MIN_MINOR {
+        let external = create_raw::<Plugin>(
+            &client,
+            ns,
+            "external",
+            json!({"spec": {"connection": {"mode": "external"}}}),
+        )
+        .await
+        .expect_err("an external plugin needs an endpoint");
+        assert!(
+            external.contains("connection.endpoint is required"),
+            "{external}"
+        );
+        let edit = patch_raw::<PluginVersion>(
+            &client,
+            ns,
+            "billing-1.4.0",
+            json!({"spec": {"execution": {"image": "billing:1.4.1"}}}),
+        )
+        .await
+        .expect_err("a formal version is immutable");
+        assert!(edit.contains("immutable"), "{edit}");
+    }
+}
