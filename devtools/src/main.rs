@@ -51,5 +51,6 @@ async fn main() -> anyhow::Result<()> {
         tick: Duration::from_millis(args.tick_ms.max(10)),
     };
     sim::run(client, config, shutdown).await?;
+    tracing::info!("stopped");
     Ok(())
 }

@@ -189,7 +189,7 @@ pub fn decide(
     }
     let sim = tracked
         .sim
-        .get_or_insert_with(|| start(pod, overrides, ips, now));
+        .get_or_insert_with(|| start(pod, node, overrides, ips, now));
     let crash_requested = pod
         .annotations()
         .get(CRASH_ANNOTATION)
@@ -224,17 +224,31 @@ pub fn decide(
 }
 
 /// Starts simulating a pod seen bound to the node for the first time.
-fn start(pod: &Pod, overrides: Option<&ConfigMap>, ips: &mut IpPool, now: Millis) -> PodSim {
+fn start(
+    pod: &Pod,
+    node: &NodeView,
+    overrides: Option<&ConfigMap>,
+    ips: &mut IpPool,
+    now: Millis,
+) -> PodSim {
     let choice = behavior::choose(pod, overrides);
     if let Some(unknown) = &choice.unknown {
         warn!(pod = %key(pod), source = %choice.source, "{unknown}; behaving as ready");
     }
-    let existing_ip = pod
-        .status
+    let host_network = pod
+        .spec
         .as_ref()
-        .and_then(|s| s.pod_ip.as_deref())
-        .and_then(|ip| ip.parse().ok());
-    let ip = ips.claim(existing_ip);
+        .and_then(|s| s.host_network)
+        .unwrap_or(false);
+    let host_ip = node.host_ip.parse().ok().filter(|_| host_network);
+    let ip = host_ip.unwrap_or_else(|| {
+        let existing = pod
+            .status
+            .as_ref()
+            .and_then(|s| s.pod_ip.as_deref())
+            .and_then(|ip| ip.parse().ok());
+        ips.claim(existing)
+    });
     info!(pod = %key(pod), behavior = %choice.behavior, source = %choice.source, %ip, "running pod");
     PodSim::new(pod, choice.behavior, ip, now)
 }
@@ -409,6 +423,7 @@ impl Kubelet {
         self.tracked.retain(|uid, tracked| {
             let keep = tracked.in_flight || seen.contains(uid);
             if !keep && let Some(sim) = &tracked.sim {
+                // A host-network pod's IP is the node's, never in the pool: a no-op for it.
                 ips.release(sim.pod_ip);
             }
             keep
@@ -499,7 +514,7 @@ async fn execute(
             .await;
             match bound {
                 Ok(_) => {
-                    info!(pod = name, node, "bound");
+                    debug!(pod = name, node, "bound");
                     Ok(None)
                 }
                 // Bound meanwhile, or gone: either way there is nothing left to bind.
@@ -888,6 +903,23 @@ mod tests {
         assert_eq!(
             t.sim.as_ref().map(|s| s.behavior.clone()),
             Some(Behavior::NeverReady)
+        );
+    }
+
+    #[test]
+    fn host_network_pods_get_the_node_ip() {
+        let mut ips = IpPool::default();
+        let mut t = Tracked::default();
+        let mut p = pod(Some("sim-node"), None);
+        if let Some(spec) = p.spec.as_mut() {
+            spec.host_network = Some(true);
+        }
+        decide(&p, &mut t, &node(), None, &mut ips, T0);
+        assert_eq!(t.sim.map(|s| s.pod_ip), Some(Ipv4Addr::LOCALHOST));
+        assert_eq!(
+            ips.claim(None),
+            Ipv4Addr::new(10, 244, 0, 1),
+            "the pool is untouched"
         );
     }
 
