@@ -127,6 +127,7 @@ up() {
     --service-account-signing-key-file "$DIR/pki/sa.key" --service-account-key-file "$DIR/pki/sa.pub" \
     --api-audiences https://kubernetes.default.svc.cluster.local \
     --service-cluster-ip-range 10.96.0.0/16 --allow-privileged=true --profiling=false \
+    --endpoint-reconciler-type none \
     --enable-admission-plugins NamespaceLifecycle,LimitRanger,ServiceAccount,ResourceQuota,DefaultTolerationSeconds \
     --cert-dir "$DIR/pki/apiserver-certs"
   write_kubeconfig "https://127.0.0.1:$api_port" "$token" "$KUBECONFIG_OUT"
@@ -139,7 +140,8 @@ up() {
     --controllers deployment,replicaset,garbagecollector,serviceaccount-token,serviceaccount,namespace,resourcequota \
     --service-account-private-key-file "$DIR/pki/sa.key" --root-ca-file "$DIR/pki/ca.crt" \
     --use-service-account-credentials=false --allocate-node-cidrs=false \
-    --concurrent-deployment-syncs 10 --concurrent-replicaset-syncs 10
+    --concurrent-deployment-syncs 10 --concurrent-replicaset-syncs 10 \
+    --kube-api-qps 100 --kube-api-burst 200
   wait_for "the default ServiceAccount" kube-controller-manager 60 \
     "$BIN/kubectl" --kubeconfig "$KUBECONFIG_OUT" -n default get serviceaccount default
 
