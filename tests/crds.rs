@@ -349,6 +349,17 @@ async fn the_api_server_takes_the_crds_applies_defaults_and_refuses_bad_objects(
     let by_ref = installs.get("by-ref").await.expect("get");
     assert_eq!(by_ref.spec.plugin.name(), "billing");
     assert_eq!(by_ref.spec.plugin.namespace(), Some("plugin-catalog"));
+    // The schema cannot refuse another shape; the object still reads, and the operator reports it.
+    create_raw::<PluginInstall>(&client, ns, "by-number", json!({"spec": {"plugin": 7}}))
+        .await
+        .expect("the API server takes any plugin value");
+    let by_number = installs
+        .get("by-number")
+        .await
+        .expect("the install still parses");
+    assert_eq!(by_number.spec.plugin, PluginReference::Invalid(json!(7)));
+    let errors = resources::validate_install(&by_number.spec).expect_err("refused");
+    assert_eq!(errors[0].field, "spec.plugin");
 
     // The status subresource merges conditions by type.
     let status = json!({"status": {"phase": "Active", "restarts": 1, "conditions": [{

@@ -142,13 +142,17 @@ impl PluginInstallSpec {
 /// A Plugin, named either by its name alone (same namespace) or by `{name, namespace}`.
 ///
 /// On the wire it keeps the form it was written in. Its CRD schema cannot express "a string or
-/// an object" structurally, so it is declared free-form and the operator checks it.
-#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+/// an object" structurally, so the API server takes any value; anything else than those two
+/// forms is kept as [`PluginReference::Invalid`] so that the operator can report it
+/// ([`crate::resources::validate_install`]) instead of failing to read the whole object.
+#[derive(Clone, Debug, PartialEq)]
 pub enum PluginReference {
     /// `plugin: billing`: the Plugin `billing` in the install's own namespace.
     Name(String),
     /// `plugin: {name: billing, namespace: plugin-catalog}`.
     Ref(PluginRef),
+    /// Neither a string nor a `{name, namespace}` object, as written.
+    Invalid(serde_json::Value),
 }
 
 /// A Plugin by name and, optionally, namespace.
@@ -163,18 +167,19 @@ pub struct PluginRef {
 }
 
 impl PluginReference {
-    /// Name of the Plugin.
+    /// Name of the Plugin (empty when the reference is invalid).
     pub fn name(&self) -> &str {
         match self {
             Self::Name(name) => name,
             Self::Ref(r) => &r.name,
+            Self::Invalid(_) => "",
         }
     }
 
     /// Namespace named by the reference, if it names one.
     pub fn namespace(&self) -> Option<&str> {
         match self {
-            Self::Name(_) => None,
+            Self::Name(_) | Self::Invalid(_) => None,
             Self::Ref(r) => r.namespace.as_deref().filter(|ns| !ns.is_empty()),
         }
     }
@@ -224,37 +229,21 @@ impl Serialize for PluginReference {
         match self {
             Self::Name(name) => serializer.serialize_str(name),
             Self::Ref(r) => r.serialize(serializer),
+            Self::Invalid(value) => value.serialize(serializer),
         }
     }
 }
 
 impl<'de> Deserialize<'de> for PluginReference {
     fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        struct Visitor;
-        impl<'de> serde::de::Visitor<'de> for Visitor {
-            type Value = PluginReference;
-
-            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-                f.write_str("a Plugin name or an object {name, namespace}")
-            }
-
-            fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<Self::Value, E> {
-                Ok(PluginReference::Name(v.to_owned()))
-            }
-
-            fn visit_string<E: serde::de::Error>(self, v: String) -> Result<Self::Value, E> {
-                Ok(PluginReference::Name(v))
-            }
-
-            fn visit_map<A: serde::de::MapAccess<'de>>(
-                self,
-                map: A,
-            ) -> Result<Self::Value, A::Error> {
-                PluginRef::deserialize(serde::de::value::MapAccessDeserializer::new(map))
-                    .map(PluginReference::Ref)
-            }
-        }
-        deserializer.deserialize_any(Visitor)
+        Ok(match serde_json::Value::deserialize(deserializer)? {
+            serde_json::Value::String(name) => Self::Name(name),
+            value @ serde_json::Value::Object(_) => match PluginRef::deserialize(&value) {
+                Ok(r) => Self::Ref(r),
+                Err(_) => Self::Invalid(value),
+            },
+            other => Self::Invalid(other),
+        })
     }
 }
 
@@ -470,5 +459,90 @@ impl PluginInstallStatus {
             let excess = self.history.len() - HISTORY_LIMIT;
             self.history.drain(..excess);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn parse(value: serde_json::Value) -> PluginReference {
+        serde_json::from_value(value).expect("any value parses")
+    }
+
+    #[test]
+    fn a_plugin_reference_is_a_name_or_name_and_namespace() {
+        let by_name = parse(json!("billing"));
+        assert_eq!(by_name, PluginReference::from("billing"));
+        assert_eq!((by_name.name(), by_name.namespace()), ("billing", None));
+        assert_eq!(by_name.namespace_or("tenant-a"), "tenant-a");
+        assert_eq!(by_name.to_string(), "billing");
+
+        let by_ref = parse(json!({"name": "billing", "namespace": "plugin-catalog"}));
+        assert_eq!(
+            (by_ref.name(), by_ref.namespace()),
+            ("billing", Some("plugin-catalog"))
+        );
+        assert_eq!(by_ref.namespace_or("tenant-a"), "plugin-catalog");
+        assert_eq!(by_ref.to_string(), "plugin-catalog/billing");
+
+        let own_namespace = parse(json!({"name": "billing"}));
+        assert_eq!(own_namespace.namespace(), None);
+        let empty_namespace = parse(json!({"name": "billing", "namespace": ""}));
+        assert_eq!(empty_namespace.namespace(), None);
+    }
+
+    #[test]
+    fn a_plugin_reference_keeps_the_form_it_was_written_in() {
+        for value in [
+            json!("billing"),
+            json!({"name": "billing"}),
+            json!({"name": "billing", "namespace": "plugin-catalog"}),
+            json!(42),
+            json!({"nam": "typo"}),
+        ] {
+            let written = serde_json::to_value(parse(value.clone())).expect("serializes");
+            assert_eq!(written, value);
+        }
+    }
+
+    #[test]
+    fn anything_else_is_kept_as_invalid() {
+        for value in [
+            json!(42),
+            json!(["billing"]),
+            json!({"nam": "typo"}),
+            json!(null),
+        ] {
+            let parsed = parse(value.clone());
+            assert_eq!(parsed, PluginReference::Invalid(value));
+            assert_eq!(parsed.name(), "");
+        }
+    }
+
+    #[test]
+    fn an_install_with_a_bad_plugin_reference_still_parses() {
+        let spec: PluginInstallSpec =
+            serde_json::from_value(json!({"plugin": 7})).expect("the install parses");
+        assert_eq!(spec.plugin, PluginReference::Invalid(json!(7)));
+        assert_eq!(spec.version, "*");
+    }
+
+    #[test]
+    fn history_keeps_the_last_ten() {
+        let mut status = PluginInstallStatus::default();
+        let at = Time(k8s_openapi::jiff::Timestamp::UNIX_EPOCH);
+        for i in 0..12 {
+            status.push_history(HistoryEntry {
+                version: format!("1.{i}.0"),
+                from: at.clone(),
+                to: None,
+                outcome: RolloutOutcome::Succeeded,
+            });
+        }
+        assert_eq!(status.history.len(), HISTORY_LIMIT);
+        assert_eq!(status.history[0].version, "1.2.0");
+        assert_eq!(status.history[9].version, "1.11.0");
     }
 }

@@ -189,6 +189,10 @@ pub fn validate_install(spec: &PluginInstallSpec) -> Result<(), Vec<FieldError>>
                 ));
             }
         }
+        PluginReference::Invalid(value) => errors.push(FieldError::new(
+            "spec.plugin",
+            format!("must be the name of a Plugin or {{name, namespace}}, not {value}"),
+        )),
     }
     if let Err(err) = VersionSelector::parse(&spec.version) {
         errors.push(FieldError::new("spec.version", err));
