@@ -1,5 +1,23 @@
 //! The custom resources users write and read: `Plugin`, `PluginVersion`, `PluginInstall` (group
 //! `plugin-operator.dev`, version `v1alpha1`), the conditions helper and the rules of their specs.
+//!
+//! Decisions (where the product contract is silent):
+//! - Defaults: Plugin `attribution: custom`, `connection.mode: supervised`; PluginVersion
+//!   `attribution: formal` (a version is released unless marked `draft`), `composition: single`,
+//!   `execution.type: Container`, `execution.port: 8080`; PluginInstall `version: "*"`,
+//!   `upgradeMode: Manual`, `active: true`, `replicas: 1`, `progressDeadlineSeconds: 300`.
+//! - `PluginInstall.spec.plugin` is a name or `{name, namespace}`. A structural schema cannot say
+//!   "string or object", so the field is free-form (`x-kubernetes-preserve-unknown-fields`) and
+//!   [`validate::validate_install`] checks its shape; a malformed value still reads, as
+//!   [`PluginReference::Invalid`].
+//! - Rules are enforced twice: by the API server (schema, patterns, and CEL rules on Kubernetes
+//!   1.25+) and by the operator ([`validate`]), because older servers have no CEL and refuse
+//!   `x-kubernetes-validations`. So `crds/` holds CRDs every version takes, `crds/cel/` the same
+//!   with CEL rules; [`crds_for_server`] picks for a given server.
+//! - A formal PluginVersion's spec is immutable: a CEL transition rule refuses edits at admission,
+//!   and the operator records `status.acceptedSpecHash` ([`validate::spec_hash`]) when it accepts
+//!   one and refuses a spec that no longer matches. New spec fields must be optional and skipped
+//!   when empty, or existing hashes change.
 
 #[cfg(test)]
 mod cel_tests;
