@@ -1,8 +1,19 @@
 //! Wires the parts together for `plugin-operator run`.
+use std::sync::Arc;
+
 use prometheus_client::registry::Registry;
 use tokio::net::TcpListener;
 
-use crate::{cli::RunArgs, runtime::admin};
+use crate::{
+    cli::RunArgs,
+    reconcile::{self, Clock, Context, HealthChecker, events::Events},
+    runtime::{
+        admin,
+        cache::{Caches, Scope},
+        leader::{Election, LeaderState, LeaseTimings},
+        metrics::Metrics,
+    },
+};
 
 #[derive(Debug, thiserror::Error)]
 pub enum RunError {
@@ -17,6 +28,10 @@ pub enum RunError {
     },
     #[error("server failed: {0}")]
     Serve(#[source] std::io::Error),
+    #[error("--namespace takes one namespace for now (got {0})")]
+    Namespaces(usize),
+    #[error("leader election failed to start: {0}")]
+    Election(#[source] kube_lease_manager::LeaseManagerError),
 }
 
 /// Runs until SIGTERM or Ctrl-C.
@@ -30,20 +45,76 @@ pub async fn run(args: RunArgs) -> Result<(), RunError> {
         .map_err(RunError::ApiServer)?;
     tracing::info!(server = %version.git_version, "connected to the API server");
 
-    let registry = Registry::default();
+    let scope = match args.namespaces.as_slice() {
+        [] => Scope::AllNamespaces,
+        [one] => Scope::Namespace(one.clone()),
+        more => return Err(RunError::Namespaces(more.len())),
+    };
+    let mut registry = Registry::default();
+    let metrics = Metrics::register(&mut registry);
     let admin_state = admin::AdminState::new(registry);
-    let listener = TcpListener::bind(args.admin_addr)
-        .await
-        .map_err(|source| RunError::Bind {
-            addr: args.admin_addr,
-            source,
-        })?;
+
+    let (caches, subscriptions, drivers) = Caches::new(&client, &scope, reconcile::SUBSCRIBERS);
+    for driver in drivers {
+        tokio::spawn(driver);
+    }
+
+    let identity = args.identity.clone();
+    let (leader, election, _always) = if args.no_leader_election {
+        let (state, sender) = LeaderState::always();
+        (state, None, Some(sender))
+    } else {
+        let timings = LeaseTimings {
+            duration: args.lease_duration,
+            renew_before: args.lease_renew_before,
+        };
+        let election = Election::start(client.clone(), &args.lease_namespace, &identity, timings)
+            .await
+            .map_err(RunError::Election)?;
+        (election.state.clone(), Some(election), None)
+    };
+
+    let ctx = Arc::new(Context {
+        client: client.clone(),
+        caches: caches.clone(),
+        catalog_namespace: args.catalog_namespace.clone(),
+        leader,
+        events: Events::new(client.clone(), Some(identity)),
+        metrics,
+        clock: Clock::default(),
+        health_checker: HealthChecker::default(),
+    });
+
+    let admin_listener =
+        TcpListener::bind(args.admin_addr)
+            .await
+            .map_err(|source| RunError::Bind {
+                addr: args.admin_addr,
+                source,
+            })?;
     tracing::info!(addr = %args.admin_addr, "admin server listening");
-    admin_state.set_ready(true);
-    axum::serve(listener, admin::router(admin_state))
-        .with_graceful_shutdown(shutdown_signal())
-        .await
-        .map_err(RunError::Serve)?;
+    let admin_server = axum::serve(admin_listener, admin::router(admin_state.clone()))
+        .with_graceful_shutdown(shutdown_signal());
+
+    let readiness = {
+        let caches = caches.clone();
+        let admin_state = admin_state.clone();
+        async move {
+            if caches.ready().await {
+                tracing::info!("caches synced");
+                admin_state.set_ready(true);
+            }
+        }
+    };
+    tokio::spawn(readiness);
+    let controllers = tokio::spawn(reconcile::run(ctx, subscriptions));
+
+    let served = admin_server.await;
+    controllers.abort();
+    if let Some(election) = election {
+        election.step_down().await;
+    }
+    served.map_err(RunError::Serve)?;
     tracing::info!("stopped");
     Ok(())
 }

@@ -1,4 +1,7 @@
-//! What the controllers and the HTTP API share at run time: the admin server, telemetry and
-//! readiness state.
+//! What the controllers and the HTTP API share at run time: the watch caches, leader election,
+//! the admin server, metrics and telemetry.
 pub mod admin;
+pub mod cache;
+pub mod leader;
+pub mod metrics;
 pub mod telemetry;

@@ -1,0 +1,138 @@
+//! The writes of the reconcilers: server-side apply of children and status, with the one field
+//! manager. Each write happens only when what is built differs from what the caches hold.
+use k8s_openapi::api::apps::v1::Deployment;
+use kube::{
+    Api, Resource, ResourceExt,
+    api::{DeleteParams, Patch, PatchParams},
+    runtime::reflector::Store,
+};
+use serde::{Serialize, de::DeserializeOwned};
+
+use super::{
+    Context, Error,
+    build::{Children, FIELD_MANAGER, annotations},
+    with_timeout,
+};
+use crate::{
+    resources::{
+        Plugin, PluginInstall, PluginInstallStatus, PluginStatus, PluginVersion,
+        PluginVersionStatus,
+    },
+    runtime::cache,
+};
+
+fn apply_params() -> PatchParams {
+    PatchParams::apply(FIELD_MANAGER).force()
+}
+
+/// Applies every child whose applied hash differs from the cached one.
+pub async fn children(ctx: &Context, children: &Children) -> Result<(), Error> {
+    let Children {
+        service_account,
+        config_map,
+        service,
+        deployment,
+        template_hash: _,
+    } = children;
+    let caches = &ctx.caches;
+    apply_if_changed(ctx, service_account, &caches.service_accounts).await?;
+    apply_if_changed(ctx, config_map, &caches.config_maps).await?;
+    apply_if_changed(ctx, service, &caches.services).await?;
+    apply_if_changed(ctx, deployment, &caches.deployments).await?;
+    Ok(())
+}
+
+async fn apply_if_changed<K, C>(ctx: &Context, desired: &K, cached: &Store<C>) -> Result<(), Error>
+where
+    K: Resource<Scope = k8s_openapi::NamespaceResourceScope, DynamicType = ()>
+        + Serialize
+        + DeserializeOwned
+        + Clone
+        + std::fmt::Debug,
+    C: Resource<DynamicType = ()> + Clone + 'static,
+{
+    let namespace = desired.namespace().unwrap_or_default();
+    let name = desired.name_any();
+    let want = desired.annotations().get(annotations::APPLIED);
+    let have = cache::get(cached, &namespace, &name)
+        .and_then(|c| c.annotations().get(annotations::APPLIED).cloned());
+    if want.is_some() && want == have.as_ref() {
+        return Ok(());
+    }
+    let api: Api<K> = Api::namespaced(ctx.client.clone(), &namespace);
+    with_timeout(api.patch(&name, &apply_params(), &Patch::Apply(desired))).await?;
+    ctx.metrics.wrote(K::kind(&()).as_ref());
+    tracing::debug!(kind = %K::kind(&()), %namespace, %name, "applied");
+    Ok(())
+}
+
+/// Removes an install's Deployment (inactive or external installs run none).
+pub async fn remove_deployment(ctx: &Context, install: &PluginInstall) -> Result<(), Error> {
+    let namespace = install.namespace().unwrap_or_default();
+    let name = install.name_any();
+    if cache::get(&ctx.caches.deployments, &namespace, &name).is_none() {
+        return Ok(());
+    }
+    let api: Api<Deployment> = Api::namespaced(ctx.client.clone(), &namespace);
+    match with_timeout(api.delete(&name, &DeleteParams::background())).await {
+        Ok(_) => {
+            ctx.metrics.wrote("Deployment");
+            Ok(())
+        }
+        Err(Error::Kube(kube::Error::Api(status))) if status.code == 404 => Ok(()),
+        Err(err) => Err(err),
+    }
+}
+
+/// Writes an install's status when it differs from the one it has.
+pub async fn install_status(
+    ctx: &Context,
+    install: &PluginInstall,
+    status: &PluginInstallStatus,
+) -> Result<(), Error> {
+    status_if_changed::<PluginInstall, _>(ctx, install, install.status.as_ref(), status).await
+}
+
+pub async fn plugin_status(
+    ctx: &Context,
+    plugin: &Plugin,
+    status: &PluginStatus,
+) -> Result<(), Error> {
+    status_if_changed::<Plugin, _>(ctx, plugin, plugin.status.as_ref(), status).await
+}
+
+pub async fn version_status(
+    ctx: &Context,
+    version: &PluginVersion,
+    status: &PluginVersionStatus,
+) -> Result<(), Error> {
+    status_if_changed::<PluginVersion, _>(ctx, version, version.status.as_ref(), status).await
+}
+
+async fn status_if_changed<K, S>(
+    ctx: &Context,
+    object: &K,
+    current: Option<&S>,
+    desired: &S,
+) -> Result<(), Error>
+where
+    K: Resource<Scope = k8s_openapi::NamespaceResourceScope, DynamicType = ()>
+        + Clone
+        + DeserializeOwned
+        + std::fmt::Debug,
+    S: Serialize + PartialEq,
+{
+    if current == Some(desired) {
+        return Ok(());
+    }
+    let api: Api<K> = Api::namespaced(ctx.client.clone(), &object.namespace().unwrap_or_default());
+    let patch = serde_json::json!({
+        "apiVersion": K::api_version(&()),
+        "kind": K::kind(&()),
+        "status": desired,
+    });
+    with_timeout(api.patch_status(&object.name_any(), &apply_params(), &Patch::Apply(&patch)))
+        .await?;
+    ctx.metrics.wrote(&format!("{}/status", K::kind(&())));
+    Ok(())
+}

@@ -1,0 +1,218 @@
+//! Status of Plugins (`latestVersion`, `versions`, `installs`, `Accepted`) and PluginVersions
+//! (`Accepted`, the fingerprint that keeps a formal version immutable).
+use std::sync::Arc;
+
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use kube::{Resource, ResourceExt, runtime::controller::Action};
+use semver::Version;
+
+use super::{Context, Error, apply, install};
+use crate::{
+    resources::{
+        NewCondition, Plugin, PluginInstall, PluginStatus, PluginVersion, PluginVersionStatus,
+        conditions::{self, ConditionStatus, reason},
+        validate::{self, FieldError},
+    },
+    runtime::cache,
+};
+
+pub async fn reconcile_plugin(plugin: Arc<Plugin>, ctx: Arc<Context>) -> Result<Action, Error> {
+    if !ctx.leader.is_leader() || plugin.meta().deletion_timestamp.is_some() {
+        return Ok(Action::await_change());
+    }
+    let namespace = plugin.namespace().unwrap_or_default();
+    let versions = install::plugin_versions(&ctx.caches, &namespace, &plugin.name_any());
+    let installs = cache::select(&ctx.caches.installs, |_| true);
+    let status = plugin_status(
+        &plugin,
+        &versions,
+        &installs,
+        &ctx.catalog_namespace,
+        Time(ctx.clock.now()),
+    );
+    apply::plugin_status(&ctx, &plugin, &status).await?;
+    Ok(Action::await_change())
+}
+
+/// A Plugin's status from its versions and the installs that name it. Pure.
+pub fn plugin_status(
+    plugin: &Plugin,
+    versions: &[Arc<PluginVersion>],
+    installs: &[Arc<PluginInstall>],
+    catalog: &str,
+    now: Time,
+) -> PluginStatus {
+    let namespace = plugin.namespace().unwrap_or_default();
+    let name = plugin.name_any();
+    let mut all: Vec<(Version, bool)> = versions
+        .iter()
+        .filter_map(|v| {
+            Version::parse(&v.spec.version)
+                .ok()
+                .map(|parsed| (parsed, v.spec.is_formal() && install::is_accepted(v)))
+        })
+        .collect();
+    all.sort_by(|a, b| b.0.cmp(&a.0));
+    all.dedup_by(|a, b| a.0 == b.0);
+    let install_count = installs
+        .iter()
+        .filter(|i| {
+            let own = i.namespace().unwrap_or_default();
+            let target_ns = i.spec.plugin.namespace_or(&own);
+            i.spec.plugin.name() == name
+                && target_ns == namespace
+                && (own == namespace || namespace == catalog)
+        })
+        .count();
+    let mut status = plugin.status.clone().unwrap_or_default();
+    status.latest_version = all
+        .iter()
+        .find(|(_, formal)| *formal)
+        .map(|(v, _)| v.to_string());
+    status.versions = all.iter().map(|(v, _)| v.to_string()).collect();
+    status.installs = i32::try_from(install_count).unwrap_or(i32::MAX);
+    status.observed_generation = plugin.meta().generation;
+    let accepted = validate::validate_plugin(&plugin.spec);
+    set(
+        &mut status.conditions,
+        accepted_condition(&accepted, "the plugin's spec is valid"),
+        plugin.meta().generation,
+        now,
+    );
+    status
+}
+
+pub async fn reconcile_version(
+    version: Arc<PluginVersion>,
+    ctx: Arc<Context>,
+) -> Result<Action, Error> {
+    if !ctx.leader.is_leader() || version.meta().deletion_timestamp.is_some() {
+        return Ok(Action::await_change());
+    }
+    let namespace = version.namespace().unwrap_or_default();
+    let plugin_exists = cache::get(&ctx.caches.plugins, &namespace, &version.spec.plugin).is_some();
+    let siblings = install::plugin_versions(&ctx.caches, &namespace, &version.spec.plugin);
+    let status = version_status(&version, plugin_exists, &siblings, Time(ctx.clock.now()));
+    apply::version_status(&ctx, &version, &status).await?;
+    Ok(Action::await_change())
+}
+
+/// A PluginVersion's status. Pure. Accepted when its Plugin exists, its number is valid and
+/// unique (the oldest object with a number keeps it), its configSchema compiles and, once it was
+/// accepted as formal, its spec is unchanged.
+pub fn version_status(
+    version: &PluginVersion,
+    plugin_exists: bool,
+    siblings: &[Arc<PluginVersion>],
+    now: Time,
+) -> PluginVersionStatus {
+    let mut status = version.status.clone().unwrap_or_default();
+    let mut result =
+        validate::validate_version(&version.spec, status.accepted_spec_hash.as_deref());
+    let mut reason_override = None;
+    if !plugin_exists {
+        push(
+            &mut result,
+            FieldError::new(
+                "spec.plugin",
+                format!(
+                    "there is no Plugin {} in this namespace",
+                    version.spec.plugin
+                ),
+            ),
+        );
+        reason_override = Some(reason::PLUGIN_NOT_FOUND);
+    }
+    if let Some(older) = siblings
+        .iter()
+        .find(|other| same_number(other, version) && is_older(other, version))
+    {
+        push(
+            &mut result,
+            FieldError::new(
+                "spec.version",
+                format!(
+                    "version {} of plugin {} is already defined by PluginVersion {}",
+                    version.spec.version,
+                    version.spec.plugin,
+                    older.name_any()
+                ),
+            ),
+        );
+        reason_override = Some(reason::DUPLICATE_VERSION);
+    }
+    let accepted = result.is_ok();
+    if accepted && version.spec.is_formal() && status.accepted_spec_hash.is_none() {
+        status.accepted_spec_hash = Some(validate::spec_hash(&version.spec));
+    }
+    let mut condition = accepted_condition(&result, "the version can be installed");
+    if let (Some(r), false) = (reason_override, accepted) {
+        condition.reason = r.to_owned();
+    }
+    status.observed_generation = version.meta().generation;
+    set(
+        &mut status.conditions,
+        condition,
+        version.meta().generation,
+        now,
+    );
+    status
+}
+
+fn same_number(a: &PluginVersion, b: &PluginVersion) -> bool {
+    a.uid() != b.uid()
+        && match (
+            Version::parse(&a.spec.version),
+            Version::parse(&b.spec.version),
+        ) {
+            (Ok(x), Ok(y)) => x == y,
+            _ => false,
+        }
+}
+
+/// Older by creation time, then by name, so exactly one of two duplicates wins.
+fn is_older(a: &PluginVersion, b: &PluginVersion) -> bool {
+    let key = |v: &PluginVersion| {
+        (
+            v.meta().creation_timestamp.as_ref().map(|t| t.0),
+            v.name_any(),
+        )
+    };
+    key(a) < key(b)
+}
+
+fn push(result: &mut Result<(), Vec<FieldError>>, error: FieldError) {
+    match result {
+        Ok(()) => *result = Err(vec![error]),
+        Err(errors) => errors.push(error),
+    }
+}
+
+fn accepted_condition(result: &Result<(), Vec<FieldError>>, ok_message: &str) -> NewCondition {
+    match result {
+        Ok(()) => NewCondition::new(conditions::ACCEPTED, true, reason::ACCEPTED, ok_message),
+        Err(errors) => {
+            let immutable = errors.iter().any(|e| e.message.contains("immutable"));
+            let reason = if immutable {
+                reason::SPEC_CHANGED
+            } else {
+                reason::INVALID_SPEC
+            };
+            NewCondition::new(
+                conditions::ACCEPTED,
+                ConditionStatus::False,
+                reason,
+                validate::join_errors(errors),
+            )
+        }
+    }
+}
+
+fn set(
+    conditions: &mut Vec<k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition>,
+    condition: NewCondition,
+    generation: Option<i64>,
+    now: Time,
+) {
+    conditions::set_condition(conditions, condition.observed_generation(generation), now);
+}

@@ -1,0 +1,233 @@
+//! The watch caches the controllers and the HTTP API read. Every replica runs them; the
+//! controllers subscribe to them for their triggers. `managedFields` is dropped from every cached
+//! object (it is most of an object's size and nothing here reads it).
+use std::{fmt::Debug, future::Future, pin::Pin, sync::Arc};
+
+use futures::{FutureExt, Stream, StreamExt, future};
+use k8s_openapi::api::{
+    apps::v1::Deployment,
+    core::v1::{ConfigMap, Pod, Service, ServiceAccount},
+};
+use kube::{
+    Api, Client, Resource, ResourceExt,
+    core::PartialObjectMeta,
+    runtime::{
+        WatchStreamExt,
+        reflector::{self, ReflectHandle, Store},
+        watcher,
+    },
+};
+use serde::de::DeserializeOwned;
+
+use crate::reconcile::build::labels;
+use crate::resources::{Plugin, PluginInstall, PluginVersion};
+
+/// Events a subscriber may lag behind before the watch waits for it.
+const SUBSCRIBER_BUFFER: usize = 1024;
+
+/// Which namespaces the operator watches.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub enum Scope {
+    #[default]
+    AllNamespaces,
+    Namespace(String),
+}
+
+impl Scope {
+    pub fn api<K>(&self, client: &Client) -> Api<K>
+    where
+        K: Resource<Scope = k8s_openapi::NamespaceResourceScope>,
+        K::DynamicType: Default,
+    {
+        match self {
+            Self::AllNamespaces => Api::all(client.clone()),
+            Self::Namespace(ns) => Api::namespaced(client.clone(), ns),
+        }
+    }
+}
+
+/// Read-only views of the cluster.
+#[derive(Clone)]
+pub struct Caches {
+    pub installs: Store<PluginInstall>,
+    pub plugins: Store<Plugin>,
+    pub versions: Store<PluginVersion>,
+    pub deployments: Store<Deployment>,
+    pub pods: Store<Pod>,
+    pub services: Store<PartialObjectMeta<Service>>,
+    pub service_accounts: Store<PartialObjectMeta<ServiceAccount>>,
+    pub config_maps: Store<PartialObjectMeta<ConfigMap>>,
+}
+
+/// Change streams of the cached kinds, for the controllers' triggers.
+pub struct Subscriptions {
+    pub installs: Vec<ReflectHandle<PluginInstall>>,
+    pub plugins: Vec<ReflectHandle<Plugin>>,
+    pub versions: Vec<ReflectHandle<PluginVersion>>,
+    pub deployments: ReflectHandle<Deployment>,
+    pub pods: ReflectHandle<Pod>,
+}
+
+/// The futures that keep the caches filled; they run until the process stops.
+pub type Drivers = Vec<Pin<Box<dyn Future<Output = ()> + Send>>>;
+
+impl Caches {
+    /// Starts nothing by itself: returns the caches, the subscriptions (`subscribers` of each
+    /// custom kind) and the drivers to spawn.
+    pub fn new(
+        client: &Client,
+        scope: &Scope,
+        subscribers: usize,
+    ) -> (Self, Subscriptions, Drivers) {
+        let owned = watcher::Config::default().labels(&format!(
+            "{}={}",
+            labels::MANAGED_BY,
+            labels::MANAGED_BY_VALUE
+        ));
+        let mut drivers: Drivers = Vec::new();
+
+        let (installs, install_subs) = shared(
+            scope.api(client),
+            watcher::Config::default(),
+            subscribers,
+            &mut drivers,
+        );
+        let (plugins, plugin_subs) = shared(
+            scope.api(client),
+            watcher::Config::default(),
+            subscribers,
+            &mut drivers,
+        );
+        let (versions, version_subs) = shared(
+            scope.api(client),
+            watcher::Config::default(),
+            subscribers,
+            &mut drivers,
+        );
+        let (deployments, mut deployment_subs) =
+            shared(scope.api(client), owned.clone(), 1, &mut drivers);
+        let (pods, mut pod_subs) = shared(scope.api(client), owned.clone(), 1, &mut drivers);
+        let services = metadata_only::<Service>(scope.api(client), owned.clone(), &mut drivers);
+        let service_accounts =
+            metadata_only::<ServiceAccount>(scope.api(client), owned.clone(), &mut drivers);
+        let config_maps = metadata_only::<ConfigMap>(scope.api(client), owned, &mut drivers);
+
+        let caches = Self {
+            installs,
+            plugins,
+            versions,
+            deployments,
+            pods,
+            services,
+            service_accounts,
+            config_maps,
+        };
+        let subscriptions = Subscriptions {
+            installs: install_subs,
+            plugins: plugin_subs,
+            versions: version_subs,
+            deployments: deployment_subs.remove(0),
+            pods: pod_subs.remove(0),
+        };
+        (caches, subscriptions, drivers)
+    }
+
+    /// Resolves once every cache has its first full list.
+    pub async fn ready(&self) -> bool {
+        let results = future::join_all([
+            self.installs.wait_until_ready().boxed(),
+            self.plugins.wait_until_ready().boxed(),
+            self.versions.wait_until_ready().boxed(),
+            self.deployments.wait_until_ready().boxed(),
+            self.pods.wait_until_ready().boxed(),
+            self.services.wait_until_ready().boxed(),
+            self.service_accounts.wait_until_ready().boxed(),
+            self.config_maps.wait_until_ready().boxed(),
+        ])
+        .await;
+        results.iter().all(Result::is_ok)
+    }
+}
+
+fn drop_managed_fields<K: Resource>(object: &mut K) {
+    object.managed_fields_mut().clear();
+}
+
+fn shared<K>(
+    api: Api<K>,
+    config: watcher::Config,
+    subscribers: usize,
+    drivers: &mut Drivers,
+) -> (Store<K>, Vec<ReflectHandle<K>>)
+where
+    K: Resource + Clone + DeserializeOwned + Debug + Send + Sync + 'static,
+    K::DynamicType: Default + Eq + std::hash::Hash + Clone + Send + Sync,
+{
+    let (reader, writer) = reflector::store_shared(SUBSCRIBER_BUFFER);
+    let subs = (0..subscribers)
+        .filter_map(|_| writer.subscribe())
+        .collect();
+    let kind = K::kind(&K::DynamicType::default()).into_owned();
+    let stream = watcher(api, config)
+        .default_backoff()
+        .modify(drop_managed_fields)
+        .reflect_shared(writer);
+    drivers.push(drive(stream, kind).boxed());
+    (reader, subs)
+}
+
+fn metadata_only<K>(
+    api: Api<PartialObjectMeta<K>>,
+    config: watcher::Config,
+    drivers: &mut Drivers,
+) -> Store<PartialObjectMeta<K>>
+where
+    K: Resource + Clone + DeserializeOwned + Debug + Send + Sync + 'static,
+    K::DynamicType: Default + Eq + std::hash::Hash + Clone + Send + Sync,
+{
+    let (reader, writer) = reflector::store();
+    let kind = K::kind(&K::DynamicType::default()).into_owned();
+    let stream = watcher(api, config)
+        .default_backoff()
+        .modify(|o: &mut PartialObjectMeta<K>| o.managed_fields_mut().clear())
+        .reflect(writer);
+    drivers.push(drive(stream, kind).boxed());
+    reader
+}
+
+/// Polls a watch stream for ever, logging its errors (the backoff retries them).
+async fn drive<K: Debug, S>(stream: S, kind: String)
+where
+    S: Stream<Item = Result<watcher::Event<K>, watcher::Error>> + Send,
+{
+    let mut stream = std::pin::pin!(stream);
+    while let Some(event) = stream.next().await {
+        if let Err(error) = event {
+            tracing::warn!(%kind, %error, "watch error; retrying with backoff");
+        }
+    }
+}
+
+/// All objects of a store, as `Arc`s, filtered.
+pub fn select<K, F>(store: &Store<K>, filter: F) -> Vec<Arc<K>>
+where
+    K: Resource + Clone + 'static,
+    K::DynamicType: Eq + std::hash::Hash + Clone,
+    F: Fn(&K) -> bool,
+{
+    store.state().into_iter().filter(|o| filter(o)).collect()
+}
+
+/// Looks an object up by namespace and name.
+pub fn get<K>(store: &Store<K>, namespace: &str, name: &str) -> Option<Arc<K>>
+where
+    K: Resource + Clone + 'static,
+    K::DynamicType: Eq + std::hash::Hash + Clone + Default,
+{
+    store.get(&reflector::ObjectRef::new(name).within(namespace))
+}
+
+/// Whether an object is in `namespace`.
+pub fn in_namespace<K: Resource>(object: &K, namespace: &str) -> bool {
+    object.namespace().as_deref() == Some(namespace)
+}
