@@ -21,7 +21,9 @@ cd "$ROOT"
 DIR="$ROOT/target/local-cluster"
 export KUBECONFIG="$DIR/kubeconfig"
 KUBECTL="$DIR/bin/kubectl"
-OPERATOR_BIN="$ROOT/target/debug/plugin-operator"
+TARGET_DIR="${CARGO_TARGET_DIR:-$ROOT/target}"
+OPERATOR_BIN="$TARGET_DIR/debug/plugin-operator"
+export NODE_SIM_BIN="${NODE_SIM_BIN:-$TARGET_DIR/debug/node-sim}"   # what cluster.sh starts
 OPERATOR_LOG="$DIR/logs/operator.log"
 EXAMPLES=examples
 EXAMPLE_NAMESPACES=(plugin-catalog team-a team-b)
@@ -220,9 +222,8 @@ cargo build -p plugin-operator -p devtools --bin plugin-operator --bin node-sim 
 heading "Start the local control plane"
 say "etcd, kube-apiserver and kube-controller-manager v1.20.2, and a node simulator that plays the"
 say "kubelet (there is no container runtime: pods are simulated, images are never pulled)."
-if [ ! -x "${XDG_CACHE_HOME:-$HOME/.cache}/plugin-operator/1.20.2/bin/kube-apiserver" ]; then
-  warn "First run: the control plane is built from Debian's kubernetes source package (about 5 minutes on 2 cores; cached afterwards)."
-fi
+note "The first time on a machine this builds them from Debian's kubernetes source package:"
+note "about 5 minutes on 2 cores (cached in ~/.cache/plugin-operator/ afterwards)."
 show "devtools/scripts/cluster.sh up"
 devtools/scripts/cluster.sh up
 [ -x "$KUBECTL" ] || fail "cluster.sh did not provide $KUBECTL"
