@@ -8,7 +8,8 @@
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "$0")/../.." && pwd)
-DIR="$ROOT/target/local-cluster"
+# LOCAL_CLUSTER_DIR runs a second, separate cluster (e.g. for a developer next to `just demo`).
+DIR="${LOCAL_CLUSTER_DIR:-$ROOT/target/local-cluster}"
 PIDS="$DIR/pids"
 KUBECONFIG_OUT="$DIR/kubeconfig"
 SIM_BIN="${NODE_SIM_BIN:-$ROOT/target/debug/node-sim}"
