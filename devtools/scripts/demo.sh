@@ -368,8 +368,10 @@ say "What it tells in events:"
 show "kubectl -n team-a get events --field-selector involvedObject.kind=PluginInstall,involvedObject.name=billing-export"
 k -n team-a get events --sort-by=.metadata.creationTimestamp \
   --field-selector involvedObject.kind=PluginInstall,involvedObject.name=billing-export \
-  -o custom-columns='TYPE:.type,REASON:.reason,MESSAGE:.message' 2>/dev/null ||
+  -o custom-columns='TYPE:.type,REASON:.reason,COUNT:.series.count,MESSAGE:.message' 2>/dev/null ||
   warn "could not list the events"
+note "COUNT: the same reason seen again within minutes (e.g. Active after the restart) is counted on"
+note "the first such event, which keeps its first message."
 echo
 say "And in its status:"
 show "kubectl -n team-a get plgi billing-export -o jsonpath='{.status.restarts} {.status.lastFailure}'"
