@@ -18,7 +18,7 @@ set -euo pipefail
 
 ROOT=$(cd "$(dirname "$0")/../.." && pwd)
 cd "$ROOT"
-DIR="$ROOT/target/local-cluster"
+DIR="${LOCAL_CLUSTER_DIR:-$ROOT/target/local-cluster}"   # as cluster.sh
 export KUBECONFIG="$DIR/kubeconfig"
 KUBECTL="$DIR/bin/kubectl"
 TARGET_DIR="${CARGO_TARGET_DIR:-$ROOT/target}"
