@@ -6,7 +6,10 @@
 set -euo pipefail
 
 K8S_VERSION=1.20.2
-CACHE_DIR="${PLUGIN_OPERATOR_CACHE:-$HOME/.cache/plugin-operator}/$K8S_VERSION"
+# Bump whenever a change here changes what the binaries do (a patch, a flag): the cache directory
+# is named after it, so no machine keeps running binaries an older revision built.
+BUILD_REVISION=2
+CACHE_DIR="${PLUGIN_OPERATOR_CACHE:-$HOME/.cache/plugin-operator}/$K8S_VERSION-r$BUILD_REVISION"
 BIN_DIR="$CACHE_DIR/bin"
 WANTED=(kube-apiserver kube-controller-manager kubectl)
 
@@ -68,6 +71,14 @@ patch_reflect2() {
   log "patched vendored reflect2 for Go >= 1.18 (three-argument mapiterinit, full-size hiter)"
 }
 
+# kube-openapi's type validator (what validates custom resources) takes every "" for null when
+# built with Go >= 1.16, so a `type: string` field set to "" is refused with
+# `must be of type string: "null"` (kubernetes#99804). Apply kube-openapi#230, 1.21's fix.
+patch_kube_openapi() {
+  python3 "$(dirname "$0")/patch_kube_openapi.py" "$1/vendor/k8s.io/kube-openapi/pkg/validation/validate"
+  log "patched vendored kube-openapi for Go >= 1.16 (\"\" is not null)"
+}
+
 build_kubernetes() {
   have_all_binaries && return
   ensure_deb_src
@@ -84,6 +95,7 @@ build_kubernetes() {
   tree=$(find "$work" -maxdepth 1 -mindepth 1 -type d -name 'kubernetes-*' | head -n1)
   [ -n "$tree" ] || { log "source tree not found under $work"; exit 1; }
   patch_reflect2 "$tree"
+  patch_kube_openapi "$tree"
   log "building ${WANTED[*]} (about 5 minutes on 2 cores; log: $work/build.log)"
   # Debian's tree carries no .git; the version must be given explicitly.
   (cd "$tree" && KUBE_GIT_VERSION="v$K8S_VERSION" KUBE_GIT_TREE_STATE=clean \
