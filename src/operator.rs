@@ -79,10 +79,11 @@ pub async fn run(args: RunArgs) -> Result<(), RunError> {
         caches: caches.clone(),
         catalog_namespace: args.catalog_namespace.clone(),
         leader,
-        events: Events::new(client.clone(), Some(identity)),
+        events: Events::new(client.clone(), identity),
         metrics,
         clock: Clock::default(),
         health_checker: HealthChecker::default(),
+        recent: Default::default(),
     });
 
     let admin_listener =

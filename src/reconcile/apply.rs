@@ -84,45 +84,23 @@ pub async fn remove_deployment(ctx: &Context, install: &PluginInstall) -> Result
     }
 }
 
-/// Writes an install's status when it differs from the one it has.
-pub async fn install_status(
+/// Writes an object's status when it differs from the one it has, and remembers the result
+/// (see [`cache::Recent`]).
+pub async fn status<K>(
     ctx: &Context,
-    install: &PluginInstall,
-    status: &PluginInstallStatus,
-) -> Result<(), Error> {
-    status_if_changed::<PluginInstall, _>(ctx, install, install.status.as_ref(), status).await
-}
-
-pub async fn plugin_status(
-    ctx: &Context,
-    plugin: &Plugin,
-    status: &PluginStatus,
-) -> Result<(), Error> {
-    status_if_changed::<Plugin, _>(ctx, plugin, plugin.status.as_ref(), status).await
-}
-
-pub async fn version_status(
-    ctx: &Context,
-    version: &PluginVersion,
-    status: &PluginVersionStatus,
-) -> Result<(), Error> {
-    status_if_changed::<PluginVersion, _>(ctx, version, version.status.as_ref(), status).await
-}
-
-async fn status_if_changed<K, S>(
-    ctx: &Context,
+    recent: &cache::Recent<K>,
     object: &K,
-    current: Option<&S>,
-    desired: &S,
+    desired: &K::Status,
 ) -> Result<(), Error>
 where
-    K: Resource<Scope = k8s_openapi::NamespaceResourceScope, DynamicType = ()>
+    K: HasStatus
+        + Resource<Scope = k8s_openapi::NamespaceResourceScope, DynamicType = ()>
         + Clone
         + DeserializeOwned
         + std::fmt::Debug,
-    S: Serialize + PartialEq,
+    K::Status: Serialize + PartialEq,
 {
-    if current == Some(desired) {
+    if object.status() == Some(desired) {
         return Ok(());
     }
     let api: Api<K> = Api::namespaced(ctx.client.clone(), &object.namespace().unwrap_or_default());
@@ -131,8 +109,37 @@ where
         "kind": K::kind(&()),
         "status": desired,
     });
-    with_timeout(api.patch_status(&object.name_any(), &apply_params(), &Patch::Apply(&patch)))
-        .await?;
+    let written =
+        with_timeout(api.patch_status(&object.name_any(), &apply_params(), &Patch::Apply(&patch)))
+            .await?;
     ctx.metrics.wrote(&format!("{}/status", K::kind(&())));
+    recent.wrote(object, written);
     Ok(())
+}
+
+/// A custom resource with a status.
+pub trait HasStatus {
+    type Status;
+    fn status(&self) -> Option<&Self::Status>;
+}
+
+impl HasStatus for PluginInstall {
+    type Status = PluginInstallStatus;
+    fn status(&self) -> Option<&Self::Status> {
+        self.status.as_ref()
+    }
+}
+
+impl HasStatus for Plugin {
+    type Status = PluginStatus;
+    fn status(&self) -> Option<&Self::Status> {
+        self.status.as_ref()
+    }
+}
+
+impl HasStatus for PluginVersion {
+    type Status = PluginVersionStatus;
+    fn status(&self) -> Option<&Self::Status> {
+        self.status.as_ref()
+    }
 }

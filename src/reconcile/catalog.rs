@@ -18,8 +18,10 @@ use crate::{
 
 pub async fn reconcile_plugin(plugin: Arc<Plugin>, ctx: Arc<Context>) -> Result<Action, Error> {
     if !ctx.leader.is_leader() || plugin.meta().deletion_timestamp.is_some() {
+        ctx.recent.plugins.forget(&plugin);
         return Ok(Action::await_change());
     }
+    let plugin = ctx.recent.plugins.fresh(plugin);
     let namespace = plugin.namespace().unwrap_or_default();
     let versions = install::plugin_versions(&ctx.caches, &namespace, &plugin.name_any());
     let installs = cache::select(&ctx.caches.installs, |_| true);
@@ -30,7 +32,7 @@ pub async fn reconcile_plugin(plugin: Arc<Plugin>, ctx: Arc<Context>) -> Result<
         &ctx.catalog_namespace,
         Time(ctx.clock.now()),
     );
-    apply::plugin_status(&ctx, &plugin, &status).await?;
+    apply::status(&ctx, &ctx.recent.plugins, &*plugin, &status).await?;
     Ok(Action::await_change())
 }
 
@@ -87,13 +89,15 @@ pub async fn reconcile_version(
     ctx: Arc<Context>,
 ) -> Result<Action, Error> {
     if !ctx.leader.is_leader() || version.meta().deletion_timestamp.is_some() {
+        ctx.recent.versions.forget(&version);
         return Ok(Action::await_change());
     }
+    let version = ctx.recent.versions.fresh(version);
     let namespace = version.namespace().unwrap_or_default();
     let plugin_exists = cache::get(&ctx.caches.plugins, &namespace, &version.spec.plugin).is_some();
     let siblings = install::plugin_versions(&ctx.caches, &namespace, &version.spec.plugin);
     let status = version_status(&version, plugin_exists, &siblings, Time(ctx.clock.now()));
-    apply::version_status(&ctx, &version, &status).await?;
+    apply::status(&ctx, &ctx.recent.versions, &*version, &status).await?;
     Ok(Action::await_change())
 }
 

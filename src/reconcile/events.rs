@@ -1,9 +1,11 @@
 //! Kubernetes Events for lifecycle transitions, so `kubectl describe` and `kubectl get events`
 //! tell the story of an install.
-use kube::{
-    Client, Resource,
-    runtime::events::{Event, EventType, Recorder, Reporter},
+use k8s_openapi::{
+    api::events::v1::Event,
+    apimachinery::pkg::apis::meta::v1::{MicroTime, ObjectMeta},
+    jiff::Timestamp,
 };
+use kube::{Api, Client, Resource, ResourceExt, api::PostParams};
 
 use crate::resources::{Phase, PluginInstall, PluginInstallStatus};
 
@@ -31,22 +33,32 @@ impl Transition {
         }
     }
 
-    fn event(&self) -> Event {
+    fn event(&self, install: &PluginInstall, reporter: &Reporter, now: Timestamp) -> Event {
         let warning = matches!(self.to, Phase::Error | Phase::Restarting);
         let from = self.from.map_or("new", Phase::as_str);
         Event {
-            type_: if warning {
-                EventType::Warning
-            } else {
-                EventType::Normal
+            metadata: ObjectMeta {
+                // Named as kubelet and kube-rs name theirs: object name, then a unique suffix.
+                name: Some(format!(
+                    "{}.{:x}",
+                    install.name_any(),
+                    Timestamp::now().as_nanosecond()
+                )),
+                namespace: install.namespace(),
+                ..Default::default()
             },
-            reason: self.reason.clone(),
+            event_time: Some(MicroTime(now)),
+            type_: Some(if warning { "Warning" } else { "Normal" }.to_owned()),
+            reason: Some(self.reason.clone()),
+            action: Some(self.to.as_str().to_owned()),
             note: Some(truncate(
                 &format!("{from} → {}: {}", self.to, self.message),
                 1000,
             )),
-            action: self.to.as_str().to_owned(),
-            secondary: None,
+            regarding: Some(install.object_ref(&())),
+            reporting_controller: Some(reporter.controller.clone()),
+            reporting_instance: Some(reporter.instance.clone()),
+            ..Default::default()
         }
     }
 }
@@ -58,33 +70,46 @@ fn truncate(text: &str, max: usize) -> String {
     }
 }
 
-/// Publishes events as the operator.
+/// Who publishes the events.
+#[derive(Clone, Debug)]
+struct Reporter {
+    controller: String,
+    instance: String,
+}
+
+/// Publishes one events.k8s.io/v1 Event per transition. (kube's `Recorder` folds events with the
+/// same reason and action into one series for minutes, which would hide a second transition to
+/// the same phase.)
 #[derive(Clone)]
 pub struct Events {
-    recorder: Recorder,
+    client: Client,
+    reporter: Reporter,
 }
 
 impl Events {
-    pub fn new(client: Client, instance: Option<String>) -> Self {
-        let reporter = Reporter {
-            controller: "plugin-operator".into(),
-            instance,
-        };
+    pub fn new(client: Client, instance: String) -> Self {
         Self {
-            recorder: Recorder::new(client, reporter),
+            client,
+            reporter: Reporter {
+                controller: "plugin-operator.dev/operator".into(),
+                instance,
+            },
         }
     }
 
     /// Best effort: a lost event is logged, never fails the reconcile.
-    pub async fn publish(&self, install: &PluginInstall, transition: &Transition) {
-        let reference = install.object_ref(&());
-        let result = tokio::time::timeout(
-            super::API_TIMEOUT,
-            self.recorder.publish(&transition.event(), &reference),
-        )
-        .await;
-        match result {
-            Ok(Ok(())) => {}
+    pub async fn publish(&self, install: &PluginInstall, transition: &Transition, now: Timestamp) {
+        let api: Api<Event> = Api::namespaced(
+            self.client.clone(),
+            &install.namespace().unwrap_or_default(),
+        );
+        let event = transition.event(install, &self.reporter, now);
+        let params = PostParams {
+            field_manager: Some(super::build::FIELD_MANAGER.to_owned()),
+            ..Default::default()
+        };
+        match tokio::time::timeout(super::API_TIMEOUT, api.create(&params, &event)).await {
+            Ok(Ok(_)) => {}
             Ok(Err(error)) => tracing::warn!(%error, "could not publish an event"),
             Err(_) => tracing::warn!("publishing an event timed out"),
         }

@@ -86,8 +86,10 @@ pub enum ChildrenPlan {
 
 pub async fn reconcile(install: Arc<PluginInstall>, ctx: Arc<Context>) -> Result<Action, Error> {
     if !ctx.leader.is_leader() || install.meta().deletion_timestamp.is_some() {
+        ctx.recent.installs.forget(&install);
         return Ok(Action::await_change());
     }
+    let install = ctx.recent.installs.fresh(install);
     let world = fetch(&install, &ctx).await?;
     let plan = plan(&world);
     match plan.children {
@@ -95,9 +97,11 @@ pub async fn reconcile(install: Arc<PluginInstall>, ctx: Arc<Context>) -> Result
         ChildrenPlan::Apply(ref children) => apply::children(&ctx, children).await?,
         ChildrenPlan::RemoveDeployment => apply::remove_deployment(&ctx, &install).await?,
     }
-    apply::install_status(&ctx, &install, &plan.status).await?;
+    apply::status(&ctx, &ctx.recent.installs, &*install, &plan.status).await?;
     if let Some(transition) = &plan.transition {
-        ctx.events.publish(&install, transition).await;
+        ctx.events
+            .publish(&install, transition, ctx.clock.now())
+            .await;
     }
     Ok(Action::requeue(plan.requeue))
 }
@@ -262,7 +266,7 @@ pub fn plan(world: &World<'_>) -> Plan {
         status.failed_versions.retain(|f| f != &exact.to_string());
     }
 
-    let mut outcome = Outcome::new(&mut status, previous, now.clone(), generation);
+    let mut outcome = Outcome::new(&mut status, previous, old.phase, now.clone(), generation);
 
     if !install.spec.active {
         outcome.inactive();
@@ -352,6 +356,15 @@ fn plan_supervised(mut outcome: Outcome<'_>, world: &World<'_>, plugin: &Plugin)
         .version
         .as_deref()
         .and_then(|v| Version::parse(v).ok());
+    if outcome.status.version.is_none() && pending_versions(&world.versions) {
+        // A first install waits until every version is decided, so a Manual install does not
+        // start on a version that is about to be superseded.
+        outcome.phase(
+            Phase::Starting,
+            "waiting for the plugin's versions to be accepted",
+        );
+        return outcome.finish(ChildrenPlan::Keep, PENDING_RECHECK);
+    }
     let mut resolution = match resolve_target(
         &outcome,
         &selector,
@@ -823,7 +836,10 @@ fn reported_failure(install: &PluginInstall) -> Option<ReportedFailure> {
 /// Collects the status changes of one plan.
 struct Outcome<'s> {
     status: &'s mut PluginInstallStatus,
+    /// The phase the lifecycle continues from (`None` after a spec change).
     previous: Option<Phase>,
+    /// The phase the status had: transitions are announced from it.
+    old_phase: Option<Phase>,
     now: Time,
     generation: Option<i64>,
 }
@@ -832,12 +848,14 @@ impl<'s> Outcome<'s> {
     fn new(
         status: &'s mut PluginInstallStatus,
         previous: Option<Phase>,
+        old_phase: Option<Phase>,
         now: Time,
         generation: Option<i64>,
     ) -> Self {
         Self {
             status,
             previous,
+            old_phase,
             now,
             generation,
         }
@@ -980,7 +998,7 @@ impl<'s> Outcome<'s> {
     }
 
     fn finish(self, children: ChildrenPlan, requeue: Duration) -> Plan {
-        let transition = match (self.previous, self.status.phase) {
+        let transition = match (self.old_phase, self.status.phase) {
             (before, Some(after)) if before != Some(after) => {
                 Some(Transition::new(before, after, self.status))
             }

@@ -37,6 +37,15 @@ pub struct Context {
     pub metrics: Metrics,
     pub clock: Clock,
     pub health_checker: HealthChecker,
+    pub recent: RecentWrites,
+}
+
+/// What the reconcilers just wrote, per kind (see [`cache::Recent`]).
+#[derive(Default)]
+pub struct RecentWrites {
+    pub installs: cache::Recent<PluginInstall>,
+    pub plugins: cache::Recent<Plugin>,
+    pub versions: cache::Recent<PluginVersion>,
 }
 
 /// The reconcilers' errors: all of them are transient (the API server did not answer, or

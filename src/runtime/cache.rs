@@ -231,3 +231,64 @@ where
 pub fn in_namespace<K: Resource>(object: &K, namespace: &str) -> bool {
     object.namespace().as_deref() == Some(namespace)
 }
+
+/// Namespace and name.
+type ObjectKey = (String, String);
+/// The resourceVersion an object had before a write, and the object the write returned.
+type Written<K> = (Option<String>, Arc<K>);
+
+/// Objects the operator just wrote, for the moment before the watch brings them back.
+///
+/// A reconcile that runs again before the cache has the object it wrote would decide from the
+/// old status, and write and announce the same change twice. While the cache still holds the
+/// version the write replaced, [`Recent::fresh`] answers with the written one instead.
+pub struct Recent<K> {
+    written: std::sync::Mutex<std::collections::HashMap<ObjectKey, Written<K>>>,
+}
+
+impl<K> Default for Recent<K> {
+    fn default() -> Self {
+        Self {
+            written: std::sync::Mutex::default(),
+        }
+    }
+}
+
+impl<K: Resource> Recent<K> {
+    fn key(object: &K) -> (String, String) {
+        (object.namespace().unwrap_or_default(), object.name_any())
+    }
+
+    /// The newest known version of `cached`.
+    pub fn fresh(&self, cached: Arc<K>) -> Arc<K> {
+        let Ok(mut written) = self.written.lock() else {
+            return cached;
+        };
+        let key = Self::key(&cached);
+        match written.get(&key) {
+            Some((replaced, newer)) if *replaced == cached.resource_version() => newer.clone(),
+            Some(_) => {
+                written.remove(&key);
+                cached
+            }
+            None => cached,
+        }
+    }
+
+    /// Remembers that `after` replaced `before`.
+    pub fn wrote(&self, before: &K, after: K) {
+        if let Ok(mut written) = self.written.lock() {
+            written.insert(
+                Self::key(before),
+                (before.resource_version(), Arc::new(after)),
+            );
+        }
+    }
+
+    /// Forgets a deleted object.
+    pub fn forget(&self, object: &K) {
+        if let Ok(mut written) = self.written.lock() {
+            written.remove(&Self::key(object));
+        }
+    }
+}
