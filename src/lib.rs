@@ -3,6 +3,7 @@
 //!
 //! Data flows one way: watches fill the caches; the reconcilers and the HTTP API read them; only
 //! apply and status (and the API's writes on a caller's behalf) talk back to the API server.
+pub mod api;
 pub mod cli;
 pub mod lifecycle;
 pub mod reconcile;

@@ -1,10 +1,11 @@
 //! Wires the parts together for `plugin-operator run`.
-use std::sync::Arc;
+use std::{future::IntoFuture, sync::Arc};
 
 use prometheus_client::registry::Registry;
 use tokio::net::TcpListener;
 
 use crate::{
+    api,
     cli::RunArgs,
     reconcile::{self, Clock, Context, HealthChecker, events::Events},
     runtime::{
@@ -97,12 +98,25 @@ pub async fn run(args: RunArgs) -> Result<(), RunError> {
     let admin_server = axum::serve(admin_listener, admin::router(admin_state.clone()))
         .with_graceful_shutdown(shutdown_signal());
 
+    // Every replica serves the HTTP API from its caches (SPEC §4).
+    let api_state = api::ApiState::new(client.clone(), caches.clone(), args.catalog_namespace);
+    let api_listener = TcpListener::bind(args.api_addr)
+        .await
+        .map_err(|source| RunError::Bind {
+            addr: args.api_addr,
+            source,
+        })?;
+    tracing::info!(addr = %args.api_addr, "HTTP API listening");
+    let api_server = axum::serve(api_listener, api::router(api_state.clone()))
+        .with_graceful_shutdown(shutdown_signal());
+
     let readiness = {
         let caches = caches.clone();
         let admin_state = admin_state.clone();
         async move {
             if caches.ready().await {
                 tracing::info!("caches synced");
+                api_state.set_ready(true);
                 admin_state.set_ready(true);
             }
         }
@@ -110,12 +124,14 @@ pub async fn run(args: RunArgs) -> Result<(), RunError> {
     tokio::spawn(readiness);
     let controllers = tokio::spawn(reconcile::run(ctx, subscriptions));
 
-    let served = admin_server.await;
+    let (admin_served, api_served) =
+        tokio::join!(admin_server.into_future(), api_server.into_future());
     controllers.abort();
     if let Some(election) = election {
         election.step_down().await;
     }
-    served.map_err(RunError::Serve)?;
+    admin_served.map_err(RunError::Serve)?;
+    api_served.map_err(RunError::Serve)?;
     tracing::info!("stopped");
     Ok(())
 }

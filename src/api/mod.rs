@@ -1,0 +1,310 @@
+//! The HTTP API of SPEC §4, one module per seed. Every replica serves it.
+//!
+//! Handlers read only the watch caches ([`Caches`]); the API-server calls a request can make are
+//! the caller's TokenReview and SubjectAccessReviews (cached, [`auth`]), the writes it asks for
+//! (patches and creates with the field manager `plugin-operator`, so kubectl and the API agree)
+//! and, for a plugin's access token, a TokenRequest (cached too). `/openapi.json` is generated
+//! from the same route definitions as the router.
+pub mod auth;
+pub mod backend;
+pub mod error;
+pub mod extract;
+pub mod seed000;
+pub mod seed001;
+pub mod seed002;
+pub mod seed004;
+
+use std::sync::{
+    Arc,
+    atomic::{AtomicBool, Ordering},
+};
+
+use axum::{
+    Router,
+    http::{StatusCode, header},
+    response::IntoResponse,
+    routing::get,
+};
+use k8s_openapi::jiff::Timestamp;
+use kube::{Client, Resource, ResourceExt};
+use semver::Version;
+use utoipa::{
+    Modify, OpenApi,
+    openapi::security::{ApiKey, ApiKeyValue, HttpAuthScheme, HttpBuilder, SecurityScheme},
+};
+use utoipa_axum::{router::OpenApiRouter, routes};
+
+use crate::{
+    reconcile::install::{find_plugin, plugin_versions},
+    resources::{Plugin, PluginInstall, PluginVersion},
+    runtime::cache::{self, Caches},
+};
+
+use auth::{Auth, Now};
+use backend::{Backend, KubeBackend};
+
+/// What the handlers share.
+#[derive(Clone)]
+pub struct ApiState(Arc<Shared>);
+
+struct Shared {
+    client: Client,
+    caches: Caches,
+    catalog_namespace: String,
+    auth: Auth,
+    backend: Arc<dyn Backend>,
+    tokens: seed000::IssuedTokens,
+    now: Now,
+    ready: AtomicBool,
+}
+
+impl ApiState {
+    /// The API as `plugin-operator run` serves it: the operator's client asks the API server.
+    pub fn new(client: Client, caches: Caches, catalog_namespace: String) -> Self {
+        let backend = Arc::new(KubeBackend::new(client.clone()));
+        Self::with_backend(
+            client,
+            caches,
+            catalog_namespace,
+            backend,
+            auth::system_now(),
+        )
+    }
+
+    /// With another [`Backend`] and clock (tests, the benchmark). `client` is used for writes
+    /// only.
+    pub fn with_backend(
+        client: Client,
+        caches: Caches,
+        catalog_namespace: String,
+        backend: Arc<dyn Backend>,
+        now: Now,
+    ) -> Self {
+        Self(Arc::new(Shared {
+            client,
+            caches,
+            catalog_namespace,
+            auth: Auth::new(backend.clone(), now.clone()),
+            backend,
+            tokens: seed000::IssuedTokens::default(),
+            now,
+            ready: AtomicBool::new(false),
+        }))
+    }
+
+    /// Requests are answered once the caches are synced (before, 503).
+    pub fn set_ready(&self, ready: bool) {
+        self.0.ready.store(ready, Ordering::Release);
+    }
+
+    pub fn is_ready(&self) -> bool {
+        self.0.ready.load(Ordering::Acquire)
+    }
+
+    pub fn auth(&self) -> &Auth {
+        &self.0.auth
+    }
+
+    pub fn caches(&self) -> &Caches {
+        &self.0.caches
+    }
+
+    pub fn client(&self) -> &Client {
+        &self.0.client
+    }
+
+    pub fn catalog_namespace(&self) -> &str {
+        &self.0.catalog_namespace
+    }
+
+    pub(crate) fn backend(&self) -> &Arc<dyn Backend> {
+        &self.0.backend
+    }
+
+    pub(crate) fn tokens(&self) -> &seed000::IssuedTokens {
+        &self.0.tokens
+    }
+
+    pub fn now(&self) -> Timestamp {
+        (self.0.now)()
+    }
+
+    /// An install by `metadata.uid`, in any namespace.
+    pub fn install_by_uid(&self, uid: &str) -> Option<Arc<PluginInstall>> {
+        cache::select(&self.0.caches.installs, |i| {
+            i.meta().uid.as_deref() == Some(uid)
+        })
+        .into_iter()
+        .next()
+    }
+
+    /// The Plugin an install runs, if it may use it.
+    pub fn plugin_of(&self, install: &PluginInstall) -> Option<Arc<Plugin>> {
+        find_plugin(install, &self.0.caches, &self.0.catalog_namespace).ok()
+    }
+
+    /// A version of a plugin, by number.
+    pub fn version_of(&self, plugin: &Plugin, version: &str) -> Option<Arc<PluginVersion>> {
+        let wanted = Version::parse(version).ok()?;
+        plugin_versions(
+            &self.0.caches,
+            &plugin.namespace().unwrap_or_default(),
+            &plugin.name_any(),
+        )
+        .into_iter()
+        .find(|v| Version::parse(&v.spec.version).is_ok_and(|n| n.cmp_precedence(&wanted).is_eq()))
+    }
+}
+
+#[derive(OpenApi)]
+#[openapi(
+    info(
+        title = "plugin-operator",
+        description = "The plugin API of plugin-operator (SPEC §4): seeds 000, 001, 002 and 004. \
+                       Every route but this document needs a Kubernetes token (ServiceAccount or \
+                       user) whose RBAC allows the verb the route maps to; see docs/api.md."
+    ),
+    modifiers(&Security),
+    tags(
+        (name = "seed 000", description = "Plugin endpoints and failure reports"),
+        (name = "seed 001", description = "Plugins registered per account (namespace)"),
+        (name = "seed 002", description = "Installed plugins: active state and configuration"),
+        (name = "seed 004", description = "Version details"),
+    )
+)]
+struct ApiDoc;
+
+struct Security;
+
+impl Modify for Security {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        let components = openapi.components.get_or_insert_with(Default::default);
+        components.add_security_scheme(
+            "bearer",
+            SecurityScheme::Http(HttpBuilder::new().scheme(HttpAuthScheme::Bearer).build()),
+        );
+        components.add_security_scheme(
+            "x_auth_token",
+            SecurityScheme::ApiKey(ApiKey::Header(ApiKeyValue::new("X-Auth-Token"))),
+        );
+    }
+}
+
+fn routes() -> OpenApiRouter<ApiState> {
+    OpenApiRouter::with_openapi(ApiDoc::openapi())
+        .routes(routes!(seed000::get_endpoint))
+        .routes(routes!(seed000::notify_failure))
+        .routes(routes!(seed001::list_plugins, seed001::register_plugin))
+        .routes(routes!(seed001::get_plugin, seed001::delete_plugin))
+        .routes(routes!(seed002::list_plugins))
+        .routes(routes!(seed002::set_active))
+        .routes(routes!(seed002::set_config))
+        .routes(routes!(seed004::detail_route))
+}
+
+/// The OpenAPI document of every route.
+pub fn openapi() -> utoipa::openapi::OpenApi {
+    let (_, mut doc) = routes().split_for_parts();
+    let path = utoipa::openapi::path::PathItem::new(
+        utoipa::openapi::HttpMethod::Get,
+        utoipa::openapi::path::OperationBuilder::new()
+            .summary(Some("This document"))
+            .response(
+                "200",
+                utoipa::openapi::ResponseBuilder::new().description("The OpenAPI document"),
+            )
+            .build(),
+    );
+    doc.paths.paths.insert(OPENAPI_PATH.to_owned(), path);
+    doc
+}
+
+/// Where the OpenAPI document is served (without authentication).
+pub const OPENAPI_PATH: &str = "/openapi.json";
+
+/// The router of the API.
+pub fn router(state: ApiState) -> Router {
+    let (router, _) = routes().split_for_parts();
+    let document = openapi().to_json().unwrap_or_else(|_| "{}".to_owned());
+    router
+        .route(
+            OPENAPI_PATH,
+            get(move || {
+                let document = document.clone();
+                async move { ([(header::CONTENT_TYPE, "application/json")], document) }
+            }),
+        )
+        .fallback(not_found)
+        .with_state(state)
+}
+
+async fn not_found() -> impl IntoResponse {
+    (
+        StatusCode::NOT_FOUND,
+        axum::Json(serde_json::json!({
+            "error": "not_found",
+            "message": format!("no such route; the routes are listed at {OPENAPI_PATH}"),
+        })),
+    )
+}
+
+/// Whether `name` can name a namespace (a DNS label).
+pub fn is_namespace_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 63
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+        && !name.starts_with('-')
+        && !name.ends_with('-')
+}
+
+/// Whether `id` looks like a Kubernetes uid (a UUID).
+pub fn is_uid(id: &str) -> bool {
+    id.len() == 36
+        && id.bytes().enumerate().all(|(i, b)| match i {
+            8 | 13 | 18 | 23 => b == b'-',
+            _ => b.is_ascii_hexdigit(),
+        })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_openapi_document_lists_every_route() {
+        let doc = openapi();
+        let paths: Vec<&str> = doc.paths.paths.keys().map(String::as_str).collect();
+        for path in [
+            "/plugin/v1/plugin/{plugin_id}/get-endpoint",
+            "/plugin/v1/plugin/{plugin_id}/notify-failure",
+            "/v1/accounts/{account_id}/plugins",
+            "/v1/plugins/{plugin_id}",
+            "/plugins",
+            "/plugins/{id}/active",
+            "/plugins/{id}/config",
+            "/v1/{domain_id}/agent-plugin/detail",
+            OPENAPI_PATH,
+        ] {
+            assert!(paths.contains(&path), "{path} missing from {paths:?}");
+        }
+        assert_eq!(paths.len(), 9, "{paths:?}");
+        let accounts = &doc.paths.paths["/v1/accounts/{account_id}/plugins"];
+        assert!(accounts.get.is_some() && accounts.post.is_some());
+        let by_id = &doc.paths.paths["/v1/plugins/{plugin_id}"];
+        assert!(by_id.get.is_some() && by_id.delete.is_some());
+        let json = doc.to_json().expect("serializes");
+        assert!(json.contains("X-Auth-Token"));
+    }
+
+    #[test]
+    fn ids_and_namespaces() {
+        assert!(is_uid("497f6eca-6276-4993-bfeb-53cbbbba6f08"));
+        assert!(!is_uid("497f6eca62764993bfeb53cbbbba6f08"));
+        assert!(!is_uid("497f6eca-6276-4993-bfeb-53cbbbba6f0g"));
+        assert!(is_namespace_name("team-a"));
+        assert!(!is_namespace_name("Team_A"));
+        assert!(!is_namespace_name(&"a".repeat(64)));
+    }
+}

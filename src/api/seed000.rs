@@ -1,0 +1,683 @@
+//! Seed 000 (a plugin manager's gRPC API over HTTP): where to reach a plugin, and reports of its
+//! failures. `plugin_id` is the Plugin's name, `domain_id` the namespace of the installs.
+//!
+//! Errors: `{code, message, field?}` with SpaceONE-style codes (`ERROR_REQUIRED_PARAMETER`,
+//! `ERROR_INVALID_ARGUMENT`, `ERROR_AUTHENTICATE_FAILURE`, `ERROR_PERMISSION_DENIED`,
+//! `ERROR_NOT_FOUND`, `ERROR_PLUGIN_NOT_READY`, …); the seed defines no error body of its own.
+use std::{collections::BTreeMap, sync::Arc, time::Duration};
+
+use axum::{
+    Json,
+    extract::State,
+    response::{IntoResponse, Response},
+};
+use k8s_openapi::jiff::{SignedDuration, Timestamp};
+use kube::{
+    Api, Resource, ResourceExt,
+    api::{Patch, PatchParams},
+};
+use moka::sync::Cache;
+use semver::Version;
+use serde::Serialize;
+use serde_json::{Value, json};
+use utoipa::ToSchema;
+
+use super::{
+    ApiState,
+    backend::{Access, Backend, IssuedToken},
+    error::{self, ApiError, SeedError},
+    extract::{Authenticated, Fields, FromJson, JsonBody, SeedPath},
+    is_namespace_name,
+};
+use crate::{
+    reconcile::{build::FIELD_MANAGER, install::REPORTED_FAILURE_ANNOTATION, with_timeout},
+    resources::{Phase, PluginInstall, UpgradeMode, VersionSelector},
+    runtime::cache,
+};
+
+/// Lifetime of a plugin access token (the API server's minimum for TokenRequest).
+pub const ACCESS_TOKEN_SECONDS: i64 = 600;
+/// Seconds a caller waits before asking again for a plugin that is not Active yet.
+pub const RETRY_AFTER_SECONDS: u32 = 5;
+
+/// The audience of the access tokens for a plugin's installs in a namespace: plugins verify
+/// tokens with a TokenReview for this audience.
+pub fn audience(namespace: &str, plugin: &str) -> String {
+    format!("plugin-operator.dev/{namespace}/{plugin}")
+}
+
+/// Seed 000's error body.
+#[derive(Serialize, ToSchema)]
+pub struct ErrorBody {
+    /// `ERROR_REQUIRED_PARAMETER`, `ERROR_INVALID_ARGUMENT`, `ERROR_AUTHENTICATE_FAILURE`,
+    /// `ERROR_PERMISSION_DENIED`, `ERROR_NOT_FOUND`, `ERROR_CONFLICT`, `ERROR_LIMIT_EXCEEDED`,
+    /// `ERROR_PLUGIN_NOT_READY` or `ERROR_INTERNAL`.
+    pub code: &'static str,
+    pub message: String,
+    /// The request field that is wrong (400 only).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub field: Option<String>,
+}
+
+/// An error of a seed 000 route.
+pub struct Seed000Error(pub ApiError);
+
+impl From<ApiError> for Seed000Error {
+    fn from(err: ApiError) -> Self {
+        Self(err)
+    }
+}
+
+impl SeedError for Seed000Error {}
+
+impl IntoResponse for Seed000Error {
+    fn into_response(self) -> Response {
+        let err = &self.0;
+        let code = match err {
+            ApiError::Invalid(issues)
+                if issues.iter().all(|i| i.message.starts_with("required")) =>
+            {
+                "ERROR_REQUIRED_PARAMETER"
+            }
+            ApiError::Invalid(_) => "ERROR_INVALID_ARGUMENT",
+            ApiError::Unauthenticated(_) => "ERROR_AUTHENTICATE_FAILURE",
+            ApiError::Forbidden(_) => "ERROR_PERMISSION_DENIED",
+            ApiError::NotFound(_) => "ERROR_NOT_FOUND",
+            ApiError::Conflict(_) => "ERROR_CONFLICT",
+            ApiError::LimitExceeded(_) => "ERROR_LIMIT_EXCEEDED",
+            ApiError::Unavailable { .. } => "ERROR_PLUGIN_NOT_READY",
+            ApiError::Internal(_) => "ERROR_INTERNAL",
+        };
+        let message = match err {
+            ApiError::Invalid(issues) => issues
+                .iter()
+                .map(ToString::to_string)
+                .collect::<Vec<_>>()
+                .join("; "),
+            other => other.to_string(),
+        };
+        error::respond(
+            err,
+            ErrorBody {
+                code,
+                message,
+                field: err.field().map(str::to_owned),
+            },
+        )
+    }
+}
+
+type Result<T> = std::result::Result<T, Seed000Error>;
+
+/// `PluginEndpointRequest`.
+#[derive(Debug, ToSchema)]
+pub struct PluginEndpointRequest {
+    /// The Plugin's name; must equal the path's.
+    pub plugin_id: String,
+    /// The running version to pick: exact (`1.4.0`) or a range (`^1.3`). Any when empty.
+    #[schema(nullable = false)]
+    pub version: Option<String>,
+    /// Labels the install must have (all of them), e.g. `{"team": "billing"}`.
+    #[schema(value_type = Object)]
+    pub labels: BTreeMap<String, String>,
+    /// The namespace of the install.
+    pub domain_id: String,
+    /// `MANUAL` or `AUTO`: only installs with this `spec.upgradeMode`.
+    #[schema(nullable = false, value_type = Option<String>)]
+    pub upgrade_mode: Option<UpgradeMode>,
+}
+
+impl FromJson for PluginEndpointRequest {
+    fn from_json(f: &mut Fields<'_>) -> Option<Self> {
+        let plugin_id = f.required_str("plugin_id");
+        let version = f.optional_str("version");
+        if let Some(v) = &version
+            && let Err(err) = VersionSelector::parse(v)
+        {
+            f.issue("version", err);
+        }
+        let labels = f
+            .object("labels", false, |l| {
+                let mut labels = BTreeMap::new();
+                let entries: Vec<_> = l.entries().collect();
+                for (key, value) in entries {
+                    match value {
+                        Value::String(s) => {
+                            labels.insert(key.clone(), s.clone());
+                        }
+                        Value::Number(_) | Value::Bool(_) => {
+                            labels.insert(key.clone(), value.to_string());
+                        }
+                        other => l.issue(
+                            key,
+                            format!(
+                                "expected a string, got {}",
+                                super::extract::type_name(other)
+                            ),
+                        ),
+                    }
+                }
+                Some(labels)
+            })
+            .unwrap_or_default();
+        let domain_id = f.required_str("domain_id");
+        if let Some(d) = &domain_id
+            && !is_namespace_name(d)
+        {
+            f.issue("domain_id", format!("{d:?} is not a namespace name"));
+        }
+        let upgrade_mode = match f.optional_str("upgrade_mode") {
+            None => None,
+            Some(mode) if mode.eq_ignore_ascii_case("manual") => Some(UpgradeMode::Manual),
+            Some(mode) if mode.eq_ignore_ascii_case("auto") => Some(UpgradeMode::Auto),
+            Some(mode) => {
+                f.issue(
+                    "upgrade_mode",
+                    format!("{mode:?} is neither MANUAL nor AUTO"),
+                );
+                None
+            }
+        };
+        Some(Self {
+            plugin_id: plugin_id?,
+            version,
+            labels,
+            domain_id: domain_id?,
+            upgrade_mode,
+        })
+    }
+}
+
+/// `PluginEndpoint`.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct PluginEndpoint {
+    /// Where the plugin is reached (its Service, or an external plugin's URL).
+    pub endpoint: String,
+    /// A token for the plugin: a ServiceAccount token of the install with the audience
+    /// `plugin-operator.dev/<namespace>/<plugin>`, valid for 10 minutes. Empty for an external
+    /// plugin.
+    pub access_token: String,
+    /// A newer version the install may move to (`status.availableVersion`), or empty.
+    pub updated_version: String,
+}
+
+/// `PluginFailureRequest`.
+#[derive(Debug, ToSchema)]
+pub struct PluginFailureRequest {
+    /// Who reports the failure; recorded in the install's `status.lastFailure.reportedBy`.
+    pub supervisor_id: String,
+    /// The Plugin's name; must equal the path's.
+    pub plugin_id: String,
+    /// The running version that failed (exact, e.g. `1.4.0`).
+    pub version: String,
+    /// The namespace of the install.
+    pub domain_id: String,
+}
+
+impl FromJson for PluginFailureRequest {
+    fn from_json(f: &mut Fields<'_>) -> Option<Self> {
+        let supervisor_id = f.required_str("supervisor_id");
+        let plugin_id = f.required_str("plugin_id");
+        let version = f.required_str("version");
+        if let Some(v) = &version
+            && let Err(err) = Version::parse(v.trim_start_matches('v'))
+        {
+            f.issue(
+                "version",
+                format!("{v:?} is not a version such as 1.4.0: {err}"),
+            );
+        }
+        let domain_id = f.required_str("domain_id");
+        if let Some(d) = &domain_id
+            && !is_namespace_name(d)
+        {
+            f.issue("domain_id", format!("{d:?} is not a namespace name"));
+        }
+        Some(Self {
+            supervisor_id: supervisor_id?,
+            plugin_id: plugin_id?,
+            version: version?,
+            domain_id: domain_id?,
+        })
+    }
+}
+
+fn same_plugin(path: &str, body: &str) -> std::result::Result<(), ApiError> {
+    if path == body {
+        Ok(())
+    } else {
+        Err(ApiError::invalid(
+            "plugin_id",
+            format!("{body:?} differs from the plugin_id of the path ({path:?})"),
+        ))
+    }
+}
+
+/// The installs in `namespace` of the plugin named `plugin` (of that namespace or of the
+/// catalog).
+fn installs_of(state: &ApiState, namespace: &str, plugin: &str) -> Vec<Arc<PluginInstall>> {
+    let catalog = state.catalog_namespace();
+    let mut installs = cache::select(&state.caches().installs, |i| {
+        let plugin_ns = i.spec.plugin.namespace_or(namespace);
+        cache::in_namespace(i, namespace)
+            && i.spec.plugin.name() == plugin
+            && (plugin_ns == namespace || plugin_ns == catalog)
+            && i.meta().deletion_timestamp.is_none()
+    });
+    installs.sort_by_key(|i| i.name_any());
+    installs
+}
+
+/// The version an install runs (or, while it has none, the one it rolls out).
+fn running_version(install: &PluginInstall) -> Option<Version> {
+    let status = install.status.as_ref()?;
+    status
+        .version
+        .as_deref()
+        .or(status.target_version.as_deref())
+        .and_then(|v| Version::parse(v).ok())
+}
+
+fn phase(install: &PluginInstall) -> Option<Phase> {
+    install.status.as_ref().and_then(|s| s.phase)
+}
+
+/// Get a plugin's endpoint.
+///
+/// Picks the Active install of the plugin in `domain_id` that has all `labels` and runs
+/// `version` (highest running version first). 404 when no install matches; 503 with
+/// `Retry-After` when installs match but none is Active yet. Needs `get plugininstalls` in
+/// `domain_id`.
+#[utoipa::path(
+    post,
+    path = "/plugin/v1/plugin/{plugin_id}/get-endpoint",
+    tag = "seed 000",
+    params(("plugin_id" = String, Path, description = "The Plugin's name")),
+    request_body = PluginEndpointRequest,
+    responses(
+        (status = 200, body = PluginEndpoint),
+        (status = 400, body = ErrorBody), (status = 401, body = ErrorBody),
+        (status = 403, body = ErrorBody), (status = 404, body = ErrorBody),
+        (status = 503, body = ErrorBody, description = "No matching install is Active yet; see Retry-After"),
+    ),
+    security(("bearer" = []))
+)]
+pub async fn get_endpoint(
+    State(state): State<ApiState>,
+    auth: Authenticated<Seed000Error>,
+    path: SeedPath<String, Seed000Error>,
+    body: JsonBody<PluginEndpointRequest, Seed000Error>,
+) -> Result<Json<PluginEndpoint>> {
+    let request = body.value;
+    same_plugin(&path.value, &request.plugin_id)?;
+    let namespace = &request.domain_id;
+    state
+        .auth()
+        .authorize(
+            &auth.caller,
+            &Access::new("get", "plugininstalls", namespace),
+        )
+        .await?;
+    let selector = request
+        .version
+        .as_deref()
+        .map(VersionSelector::parse)
+        .transpose()
+        .map_err(|e| ApiError::invalid("version", e))?;
+    let matching: Vec<_> = installs_of(&state, namespace, &request.plugin_id)
+        .into_iter()
+        .filter(|i| {
+            let labels = i.labels();
+            request.labels.iter().all(|(k, v)| labels.get(k) == Some(v))
+        })
+        .filter(|i| {
+            request
+                .upgrade_mode
+                .is_none_or(|mode| i.spec.upgrade_mode == mode)
+        })
+        .filter(|i| match &selector {
+            None => true,
+            Some(selector) => running_version(i).is_some_and(|v| selector.matches(&v)),
+        })
+        .collect();
+    if matching.is_empty() {
+        return Err(ApiError::NotFound(format!(
+            "no install of plugin {:?} in namespace {namespace:?}{}",
+            request.plugin_id,
+            describe_filter(&request)
+        ))
+        .into());
+    }
+    let chosen = matching
+        .iter()
+        .filter(|i| phase(i) == Some(Phase::Active))
+        .max_by(|a, b| {
+            running_version(a)
+                .cmp(&running_version(b))
+                .then_with(|| b.name_any().cmp(&a.name_any()))
+        });
+    let Some(install) = chosen else {
+        let phases = matching
+            .iter()
+            .map(|i| {
+                format!(
+                    "{} is {}",
+                    i.name_any(),
+                    phase(i).map_or("new", Phase::as_str)
+                )
+            })
+            .collect::<Vec<_>>()
+            .join(", ");
+        return Err(ApiError::Unavailable {
+            message: format!(
+                "no install of plugin {:?} in namespace {namespace:?} is Active yet ({phases})",
+                request.plugin_id
+            ),
+            retry_after: RETRY_AFTER_SECONDS,
+        }
+        .into());
+    };
+    let status = install.status.clone().unwrap_or_default();
+    let external = state
+        .plugin_of(install)
+        .is_some_and(|p| !p.spec.is_supervised());
+    let access_token = if external {
+        String::new()
+    } else {
+        state
+            .tokens()
+            .issue(&state, install, &request.plugin_id)
+            .await?
+    };
+    Ok(Json(PluginEndpoint {
+        endpoint: status.endpoint.unwrap_or_default(),
+        access_token,
+        updated_version: status.available_version.unwrap_or_default(),
+    }))
+}
+
+fn describe_filter(request: &PluginEndpointRequest) -> String {
+    let mut parts = Vec::new();
+    if !request.labels.is_empty() {
+        let labels = request
+            .labels
+            .iter()
+            .map(|(k, v)| format!("{k}={v}"))
+            .collect::<Vec<_>>()
+            .join(",");
+        parts.push(format!("with labels {labels}"));
+    }
+    if let Some(version) = &request.version {
+        parts.push(format!("running version {version}"));
+    }
+    if let Some(mode) = request.upgrade_mode {
+        parts.push(format!("with upgradeMode {mode:?}"));
+    }
+    if parts.is_empty() {
+        String::new()
+    } else {
+        format!(" {}", parts.join(" and "))
+    }
+}
+
+/// Report a failed plugin.
+///
+/// Marks the installs of the plugin in `domain_id` that run `version` (annotation
+/// `plugin-operator.dev/reported-failure`); the operator then restarts an Active one once
+/// (Restarting) and records `status.lastFailure.reportedBy = supervisor_id`. Needs
+/// `patch plugininstalls` in `domain_id`.
+#[utoipa::path(
+    put,
+    path = "/plugin/v1/plugin/{plugin_id}/notify-failure",
+    tag = "seed 000",
+    params(("plugin_id" = String, Path, description = "The Plugin's name")),
+    request_body = PluginFailureRequest,
+    responses(
+        (status = 200, body = Object, description = "`{}`"),
+        (status = 400, body = ErrorBody), (status = 401, body = ErrorBody),
+        (status = 403, body = ErrorBody), (status = 404, body = ErrorBody),
+    ),
+    security(("bearer" = []))
+)]
+pub async fn notify_failure(
+    State(state): State<ApiState>,
+    auth: Authenticated<Seed000Error>,
+    path: SeedPath<String, Seed000Error>,
+    body: JsonBody<PluginFailureRequest, Seed000Error>,
+) -> Result<Json<Value>> {
+    let request = body.value;
+    same_plugin(&path.value, &request.plugin_id)?;
+    let namespace = &request.domain_id;
+    state
+        .auth()
+        .authorize(
+            &auth.caller,
+            &Access::new("patch", "plugininstalls", namespace),
+        )
+        .await?;
+    let version = Version::parse(request.version.trim_start_matches('v'))
+        .map_err(|e| ApiError::invalid("version", e.to_string()))?;
+    let targets: Vec<_> = installs_of(&state, namespace, &request.plugin_id)
+        .into_iter()
+        .filter(|i| {
+            i.status
+                .as_ref()
+                .and_then(|s| s.version.as_deref())
+                .and_then(|v| Version::parse(v).ok())
+                .is_some_and(|v| v.cmp_precedence(&version).is_eq())
+        })
+        .collect();
+    if targets.is_empty() {
+        return Err(ApiError::NotFound(format!(
+            "no install of plugin {:?} in namespace {namespace:?} runs version {version}",
+            request.plugin_id
+        ))
+        .into());
+    }
+    let report = json!({
+        "reportedBy": request.supervisor_id,
+        "at": state.now().to_string(),
+        "message": format!("{} reported a failure of version {version}", request.supervisor_id),
+    })
+    .to_string();
+    let patch = json!({"metadata": {"annotations": {REPORTED_FAILURE_ANNOTATION: report}}});
+    let api: Api<PluginInstall> = Api::namespaced(state.client().clone(), namespace);
+    let params = PatchParams {
+        field_manager: Some(FIELD_MANAGER.to_owned()),
+        ..Default::default()
+    };
+    for install in targets {
+        with_timeout(api.patch(&install.name_any(), &params, &Patch::Merge(&patch)))
+            .await
+            .map_err(|e| ApiError::from_kube("patch PluginInstall", &e))?;
+    }
+    Ok(Json(json!({})))
+}
+
+/// Access tokens already issued, reused while more than half of their life is left, so that a
+/// get-endpoint answered from the caches makes no API call either. Keyed by the ServiceAccount's
+/// uid too: a token of a deleted ServiceAccount is never handed out again.
+pub struct IssuedTokens {
+    cache: Cache<TokenFor, IssuedToken>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+struct TokenFor {
+    namespace: String,
+    service_account: String,
+    uid: Option<String>,
+    audience: String,
+}
+
+impl Default for IssuedTokens {
+    fn default() -> Self {
+        Self {
+            cache: Cache::builder()
+                .max_capacity(super::auth::CAPACITY)
+                .time_to_live(Duration::from_secs(ACCESS_TOKEN_SECONDS as u64))
+                .build(),
+        }
+    }
+}
+
+impl IssuedTokens {
+    /// A token for the install's ServiceAccount (named like the install).
+    async fn issue(
+        &self,
+        state: &ApiState,
+        install: &PluginInstall,
+        plugin: &str,
+    ) -> std::result::Result<String, ApiError> {
+        let namespace = install.namespace().unwrap_or_default();
+        let name = install.name_any();
+        let uid = cache::get(&state.caches().service_accounts, &namespace, &name)
+            .and_then(|sa| sa.metadata.uid.clone());
+        let key = TokenFor {
+            audience: audience(&namespace, plugin),
+            namespace,
+            service_account: name,
+            uid,
+        };
+        self.get_or_request(state.backend().as_ref(), key, state.now())
+            .await
+    }
+
+    async fn get_or_request(
+        &self,
+        backend: &dyn Backend,
+        key: TokenFor,
+        now: Timestamp,
+    ) -> std::result::Result<String, ApiError> {
+        if let Some(issued) = self.cache.get(&key).filter(|t| fresh(t, now)) {
+            return Ok(issued.token);
+        }
+        let issued = backend
+            .request_token(
+                &key.namespace,
+                &key.service_account,
+                &key.audience,
+                ACCESS_TOKEN_SECONDS,
+            )
+            .await
+            .map_err(|err| match err {
+                ApiError::NotFound(_) => ApiError::Unavailable {
+                    message: format!(
+                        "the install's ServiceAccount {}/{} is not there yet",
+                        key.namespace, key.service_account
+                    ),
+                    retry_after: RETRY_AFTER_SECONDS,
+                },
+                other => other,
+            })?;
+        let token = issued.token.clone();
+        self.cache.insert(key, issued);
+        Ok(token)
+    }
+}
+
+/// Whether more than half of the token's life is left.
+fn fresh(token: &IssuedToken, now: Timestamp) -> bool {
+    let half = SignedDuration::from_secs(ACCESS_TOKEN_SECONDS / 2);
+    now.checked_add(half).is_ok_and(|t| t < token.expires)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::api::extract::Fields;
+    use serde_json::json;
+
+    fn parse<T: FromJson>(value: Value) -> std::result::Result<T, Vec<String>> {
+        let Value::Object(object) = value else {
+            panic!("object")
+        };
+        let mut fields = Fields::new(&object);
+        let parsed = T::from_json(&mut fields);
+        match fields.finish() {
+            Ok(()) => Ok(parsed.expect("parsed when no issue")),
+            Err(err) => Err(err.issues().iter().map(ToString::to_string).collect()),
+        }
+    }
+
+    #[test]
+    fn an_endpoint_request_names_every_wrong_field() {
+        let ok: PluginEndpointRequest = parse(json!({
+            "plugin_id": "echo", "domain_id": "team-a", "version": "^1.2",
+            "labels": {"team": "billing", "tier": 1}, "upgrade_mode": "auto"
+        }))
+        .expect("valid");
+        assert_eq!(ok.labels["tier"], "1");
+        assert_eq!(ok.upgrade_mode, Some(UpgradeMode::Auto));
+
+        let errors = parse::<PluginEndpointRequest>(json!({
+            "plugin_id": 3, "version": "not a version", "labels": {"team": {"x": 1}},
+            "domain_id": "Team_A", "upgrade_mode": "SOMETIMES"
+        }))
+        .expect_err("invalid");
+        let fields: Vec<_> = errors
+            .iter()
+            .map(|e| e.split(':').next().unwrap_or_default())
+            .collect();
+        assert_eq!(
+            fields,
+            [
+                "plugin_id",
+                "version",
+                "labels.team",
+                "domain_id",
+                "upgrade_mode"
+            ],
+            "{errors:?}"
+        );
+        let missing = parse::<PluginEndpointRequest>(json!({})).expect_err("missing");
+        assert_eq!(missing, ["plugin_id: required", "domain_id: required"]);
+    }
+
+    #[test]
+    fn a_failure_report_needs_every_field_and_an_exact_version() {
+        let missing = parse::<PluginFailureRequest>(json!({"version": "^1"})).expect_err("x");
+        assert_eq!(
+            missing,
+            [
+                "supervisor_id: required",
+                "plugin_id: required",
+                "version: \"^1\" is not a version such as 1.4.0: unexpected character '^' while parsing major version number",
+                "domain_id: required"
+            ]
+        );
+        let ok: PluginFailureRequest = parse(json!({
+            "supervisor_id": "sup-1", "plugin_id": "echo", "version": "1.0.0", "domain_id": "a"
+        }))
+        .expect("valid");
+        assert_eq!(ok.supervisor_id, "sup-1");
+    }
+
+    #[test]
+    fn error_codes_follow_the_kind_of_error() {
+        let body = |err: ApiError| {
+            let response = Seed000Error(err).into_response();
+            response.status().as_u16()
+        };
+        assert_eq!(body(ApiError::invalid("domain_id", "required")), 400);
+        assert_eq!(
+            body(ApiError::Unavailable {
+                message: "x".into(),
+                retry_after: 5
+            }),
+            503
+        );
+    }
+
+    #[test]
+    fn tokens_are_reused_while_more_than_half_their_life_is_left() {
+        let now = Timestamp::from_second(10_000).expect("valid");
+        let token = |expires: i64| IssuedToken {
+            token: "t".into(),
+            expires: Timestamp::from_second(expires).expect("valid"),
+        };
+        assert!(fresh(&token(10_600), now));
+        assert!(fresh(&token(10_301), now));
+        assert!(!fresh(&token(10_300), now));
+        assert!(!fresh(&token(9_000), now));
+    }
+}
