@@ -16,7 +16,7 @@ async fn starting_connecting_active() {
     let client = setup().await;
     let ns = namespace(&client, "life-start").await;
     plugin(&client, &ns.name, "echo").await;
-    version(&client, &ns.name, "echo", "1.0.0", "slow:8").await;
+    version(&client, &ns.name, "echo", "1.0.0", "slow:12").await;
     install(
         &client,
         &ns.name,

@@ -84,6 +84,65 @@ pub async fn remove_deployment(ctx: &Context, install: &PluginInstall) -> Result
     }
 }
 
+/// Adds (`present`) or removes this operator's finalizer with a JSON patch that first tests
+/// the list it changes, so a concurrent change of the finalizers fails instead of being lost.
+/// (Server-side apply cannot do it on 1.20: managedFields there do not tell the main resource
+/// from its status, so the status applies take the finalizer's ownership away.)
+pub async fn finalizer<K>(
+    ctx: &Context,
+    object: &K,
+    finalizer: &str,
+    present: bool,
+) -> Result<(), Error>
+where
+    K: Resource<Scope = k8s_openapi::NamespaceResourceScope, DynamicType = ()>
+        + Clone
+        + DeserializeOwned
+        + std::fmt::Debug,
+{
+    let current = object.finalizers();
+    let index = current.iter().position(|f| f == finalizer);
+    let operations = match (present, index) {
+        (true, Some(_)) | (false, None) => return Ok(()),
+        (true, None) if current.is_empty() => serde_json::json!([
+            {"op": "test", "path": "/metadata/finalizers", "value": null},
+            {"op": "add", "path": "/metadata/finalizers", "value": [finalizer]},
+        ]),
+        (true, None) => serde_json::json!([
+            {"op": "test", "path": "/metadata/finalizers", "value": current},
+            {"op": "add", "path": "/metadata/finalizers/-", "value": finalizer},
+        ]),
+        (false, Some(i)) => serde_json::json!([
+            {"op": "test", "path": format!("/metadata/finalizers/{i}"), "value": finalizer},
+            {"op": "remove", "path": format!("/metadata/finalizers/{i}")},
+        ]),
+    };
+    let patch: json_patch::Patch = match serde_json::from_value(operations) {
+        Ok(patch) => patch,
+        Err(error) => {
+            tracing::error!(%error, "built an invalid finalizer patch");
+            return Ok(());
+        }
+    };
+    let api: Api<K> = Api::namespaced(ctx.client.clone(), &object.namespace().unwrap_or_default());
+    match with_timeout(api.patch(
+        &object.name_any(),
+        &PatchParams {
+            field_manager: Some(FIELD_MANAGER.to_owned()),
+            ..Default::default()
+        },
+        &Patch::Json::<()>(patch),
+    ))
+    .await
+    {
+        Ok(_) => {}
+        Err(Error::Kube(kube::Error::Api(status))) if status.code == 404 => {}
+        Err(err) => return Err(err),
+    }
+    ctx.metrics.wrote(K::kind(&()).as_ref());
+    Ok(())
+}
+
 /// Writes an object's status when it differs from the one it has, and remembers the result
 /// (see [`cache::Recent`]).
 pub async fn status<K>(

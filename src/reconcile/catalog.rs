@@ -88,17 +88,89 @@ pub async fn reconcile_version(
     version: Arc<PluginVersion>,
     ctx: Arc<Context>,
 ) -> Result<Action, Error> {
-    if !ctx.leader.is_leader() || version.meta().deletion_timestamp.is_some() {
-        ctx.recent.versions.forget(&version);
+    if !ctx.leader.is_leader() {
         return Ok(Action::await_change());
     }
     let version = ctx.recent.versions.fresh(version);
     let namespace = version.namespace().unwrap_or_default();
+    let installs = cache::select(&ctx.caches.installs, |_| true);
+    let holders = holders(&version, &installs, &ctx.catalog_namespace);
+    let deleting = version.meta().deletion_timestamp.is_some();
+    let has_finalizer = version.finalizers().iter().any(|f| f == IN_USE_FINALIZER);
+    // Every version carries the finalizer, so that one cannot be deleted in the moment an install
+    // starts to use it; it is dropped once a deleted version is used by nothing.
+    match (deleting, holders.is_empty(), has_finalizer) {
+        (false, _, false) => apply::finalizer(&ctx, &*version, IN_USE_FINALIZER, true).await?,
+        (true, true, true) => {
+            apply::finalizer(&ctx, &*version, IN_USE_FINALIZER, false).await?;
+            ctx.recent.versions.forget(&version);
+            return Ok(Action::await_change());
+        }
+        (true, _, false) => return Ok(Action::await_change()),
+        _ => {}
+    }
     let plugin_exists = cache::get(&ctx.caches.plugins, &namespace, &version.spec.plugin).is_some();
     let siblings = install::plugin_versions(&ctx.caches, &namespace, &version.spec.plugin);
-    let status = version_status(&version, plugin_exists, &siblings, Time(ctx.clock.now()));
+    let now = Time(ctx.clock.now());
+    let mut status = version_status(&version, plugin_exists, &siblings, now.clone());
+    set(
+        &mut status.conditions,
+        in_use_condition(&holders, deleting),
+        version.meta().generation,
+        now,
+    );
     apply::status(&ctx, &ctx.recent.versions, &*version, &status).await?;
     Ok(Action::await_change())
+}
+
+/// The finalizer that keeps a PluginVersion while installs use it.
+pub const IN_USE_FINALIZER: &str = "plugin-operator.dev/in-use";
+
+/// Installs (`namespace/name`) that run a version or roll out to it, sorted.
+pub fn holders(
+    version: &PluginVersion,
+    installs: &[Arc<PluginInstall>],
+    catalog: &str,
+) -> Vec<String> {
+    let namespace = version.namespace().unwrap_or_default();
+    let number = Version::parse(&version.spec.version).ok();
+    let mut held: Vec<String> = installs
+        .iter()
+        .filter(|i| {
+            let own = i.namespace().unwrap_or_default();
+            i.spec.plugin.name() == version.spec.plugin
+                && i.spec.plugin.namespace_or(&own) == namespace
+                && (own == namespace || namespace == catalog)
+        })
+        .filter(|i| {
+            let status = i.status.as_ref();
+            let uses = |v: Option<&String>| {
+                v.and_then(|v| Version::parse(v).ok()) == number && number.is_some()
+            };
+            status.is_some_and(|s| uses(s.version.as_ref()) || uses(s.target_version.as_ref()))
+        })
+        .map(|i| format!("{}/{}", i.namespace().unwrap_or_default(), i.name_any()))
+        .collect();
+    held.sort();
+    held
+}
+
+fn in_use_condition(holders: &[String], deleting: bool) -> NewCondition {
+    if holders.is_empty() {
+        return NewCondition::new(
+            conditions::IN_USE,
+            false,
+            reason::UNUSED,
+            "no install runs this version",
+        );
+    }
+    let list = holders.join(", ");
+    let message = if deleting {
+        format!("deletion waits until no install uses this version; used by {list}")
+    } else {
+        format!("used by {list}")
+    };
+    NewCondition::new(conditions::IN_USE, true, reason::RUNNING, message)
 }
 
 /// A PluginVersion's status. Pure. Accepted when its Plugin exists, its number is valid and

@@ -92,6 +92,13 @@ pub async fn reconcile(install: Arc<PluginInstall>, ctx: Arc<Context>) -> Result
     let install = ctx.recent.installs.fresh(install);
     let world = fetch(&install, &ctx).await?;
     let plan = plan(&world);
+    tracing::debug!(
+        install = %install.name_any(),
+        namespace = ?install.namespace(),
+        phase = ?plan.status.phase,
+        pods = world.pods.len(),
+        "planned"
+    );
     match plan.children {
         ChildrenPlan::Keep => {}
         ChildrenPlan::Apply(ref children) => apply::children(&ctx, children).await?,
@@ -532,7 +539,15 @@ fn plan_supervised(mut outcome: Outcome<'_>, world: &World<'_>, plugin: &Plugin)
             outcome.status.version = Some(target.clone());
             outcome.status.target_version = None;
             outcome.end_rollout(&target, RolloutOutcome::Succeeded);
-            outcome.degraded(false, reason::HEALTHY, "running as expected");
+            // A reverted upgrade stays announced until a later rollout succeeds.
+            let reverted = outcome
+                .status
+                .history
+                .last()
+                .is_some_and(|h| h.outcome == RolloutOutcome::Failed);
+            if !reverted {
+                outcome.degraded(false, reason::HEALTHY, "running as expected");
+            }
             outcome.phase(
                 Phase::Active,
                 &format!("version {target} runs with every replica ready"),
@@ -620,13 +635,24 @@ pub fn candidates(versions: &[Arc<PluginVersion>]) -> Vec<Candidate> {
         .collect()
 }
 
-/// Accepted, and the acceptance is about the current spec.
+/// Accepted, and the acceptance is about the current spec: the generation it was decided for,
+/// or (for a formal version, whose generation also moves when it is being deleted) the spec's
+/// fingerprint.
 pub fn is_accepted(version: &PluginVersion) -> bool {
     let Some(status) = &version.status else {
         return false;
     };
-    conditions::find_condition(&status.conditions, conditions::ACCEPTED)
-        .is_some_and(|c| c.status == "True" && c.observed_generation == version.meta().generation)
+    let Some(accepted) = conditions::find_condition(&status.conditions, conditions::ACCEPTED)
+    else {
+        return false;
+    };
+    if accepted.status != "True" {
+        return false;
+    }
+    accepted.observed_generation == version.meta().generation
+        || (version.spec.is_formal()
+            && status.accepted_spec_hash.as_deref()
+                == Some(validate::spec_hash(&version.spec).as_str()))
 }
 
 fn find_version<'a>(world: &'a World<'_>, version: &str) -> Option<&'a PluginVersion> {

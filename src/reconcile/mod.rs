@@ -19,6 +19,8 @@ use kube::{
     },
 };
 
+use k8s_openapi::api::{apps::v1::Deployment, core::v1::Pod};
+
 use crate::{
     resources::{Plugin, PluginInstall, PluginVersion},
     runtime::{cache, leader::LeaderState, metrics::Metrics},
@@ -153,9 +155,65 @@ fn error_policy<K: Resource<DynamicType = ()>>(
     Action::requeue(Duration::from_secs(5))
 }
 
-/// Runs the three controllers until the process stops. They follow the shared caches; only the
-/// Lease holder acts (the reconcilers check [`LeaderState`]), and on gaining the lease every
-/// object is reconciled.
+/// Which objects a change of another one concerns, read from the caches.
+#[derive(Clone)]
+struct Relations {
+    caches: cache::Caches,
+    catalog: String,
+}
+
+impl Relations {
+    /// Namespace of the Plugin an install names, when it may use it.
+    fn plugin_namespace(&self, install: &PluginInstall) -> Option<String> {
+        let own = install.namespace().unwrap_or_default();
+        let ns = install.spec.plugin.namespace_or(&own).to_owned();
+        (ns == own || ns == self.catalog).then_some(ns)
+    }
+
+    fn installs_of_plugin(&self, namespace: &str, plugin: &str) -> Vec<ObjectRef<PluginInstall>> {
+        self.caches
+            .installs
+            .state()
+            .into_iter()
+            .filter(|i| {
+                i.spec.plugin.name() == plugin
+                    && self.plugin_namespace(i).as_deref() == Some(namespace)
+            })
+            .map(|i| ObjectRef::from_obj(&*i))
+            .collect()
+    }
+
+    fn plugin_of_install(&self, install: &PluginInstall) -> Option<ObjectRef<Plugin>> {
+        let ns = self.plugin_namespace(install)?;
+        Some(ObjectRef::new(install.spec.plugin.name()).within(&ns))
+    }
+
+    fn versions_of_plugin(&self, namespace: &str, plugin: &str) -> Vec<ObjectRef<PluginVersion>> {
+        install::plugin_versions(&self.caches, namespace, plugin)
+            .iter()
+            .map(|v| ObjectRef::from_obj(&**v))
+            .collect()
+    }
+
+    fn versions_of_install(&self, install: &PluginInstall) -> Vec<ObjectRef<PluginVersion>> {
+        self.plugin_namespace(install)
+            .map(|ns| self.versions_of_plugin(&ns, install.spec.plugin.name()))
+            .unwrap_or_default()
+    }
+}
+
+fn plugin_of_version(version: &PluginVersion) -> ObjectRef<Plugin> {
+    ObjectRef::new(&version.spec.plugin).within(&version.namespace().unwrap_or_default())
+}
+
+fn install_of_child<K: Resource>(child: &K) -> Option<ObjectRef<PluginInstall>> {
+    let name = child.labels().get(build::labels::INSTALL)?;
+    Some(ObjectRef::new(name).within(&child.namespace().unwrap_or_default()))
+}
+
+/// Runs the three controllers until the process stops. They follow the shared caches (and the
+/// deletions the caches announce); only the Lease holder acts (the reconcilers check
+/// [`LeaderState`]), and on gaining the lease every object is reconciled.
 pub async fn run(ctx: Arc<Context>, subscriptions: cache::Subscriptions) {
     let cache::Subscriptions {
         mut installs,
@@ -163,51 +221,45 @@ pub async fn run(ctx: Arc<Context>, subscriptions: cache::Subscriptions) {
         mut versions,
         deployments,
         pods,
+        install_deletions,
+        plugin_deletions,
+        version_deletions,
+        deployment_deletions,
     } = subscriptions;
     let caches = ctx.caches.clone();
     let config = controller::Config::default()
         .concurrency(8)
         .debounce(Duration::from_millis(200));
-
-    let install_index = caches.installs.clone();
-    let installs_of_plugin = move |namespace: String, plugin: String, catalog: String| {
-        install_index
-            .state()
-            .into_iter()
-            .filter(|i| {
-                let own = i.namespace().unwrap_or_default();
-                i.spec.plugin.name() == plugin
-                    && i.spec.plugin.namespace_or(&own) == namespace
-                    && (namespace == own || namespace == catalog)
-            })
-            .map(|i| ObjectRef::from_obj(&*i))
-            .collect::<Vec<_>>()
+    let relations = Relations {
+        caches: caches.clone(),
+        catalog: ctx.catalog_namespace.clone(),
     };
-    let by_plugin = installs_of_plugin.clone();
-    let catalog = ctx.catalog_namespace.clone();
-    let catalog2 = catalog.clone();
-    let install_controller =
+
+    let install_controller = {
+        let (r1, r2, r3, r4) = (
+            relations.clone(),
+            relations.clone(),
+            relations.clone(),
+            relations.clone(),
+        );
         Controller::for_shared_stream(pop(&mut installs), caches.installs.clone())
             .with_config(config.clone())
             .owns_shared_stream(deployments)
-            .watches_shared_stream(pods, |pod: Arc<k8s_openapi::api::core::v1::Pod>| {
-                let install = pod.labels().get(build::labels::INSTALL).cloned();
-                install
-                    .map(|name| ObjectRef::new(&name).within(&pod.namespace().unwrap_or_default()))
+            .watches_stream(deployment_deletions.stream(), |d: Deployment| {
+                install_of_child(&d)
             })
+            .watches_shared_stream(pods, |pod: Arc<Pod>| install_of_child(&*pod))
             .watches_shared_stream(pop(&mut versions), move |v: Arc<PluginVersion>| {
-                by_plugin(
-                    v.namespace().unwrap_or_default(),
-                    v.spec.plugin.clone(),
-                    catalog.clone(),
-                )
+                r1.installs_of_plugin(&v.namespace().unwrap_or_default(), &v.spec.plugin)
+            })
+            .watches_stream(version_deletions.stream(), move |v: PluginVersion| {
+                r2.installs_of_plugin(&v.namespace().unwrap_or_default(), &v.spec.plugin)
             })
             .watches_shared_stream(pop(&mut plugins), move |p: Arc<Plugin>| {
-                installs_of_plugin(
-                    p.namespace().unwrap_or_default(),
-                    p.name_any(),
-                    catalog2.clone(),
-                )
+                r3.installs_of_plugin(&p.namespace().unwrap_or_default(), &p.name_any())
+            })
+            .watches_stream(plugin_deletions.stream(), move |p: Plugin| {
+                r4.installs_of_plugin(&p.namespace().unwrap_or_default(), &p.name_any())
             })
             .reconcile_all_on(ctx.leader.gained())
             .run(
@@ -215,26 +267,24 @@ pub async fn run(ctx: Arc<Context>, subscriptions: cache::Subscriptions) {
                 error_policy::<PluginInstall>,
                 ctx.clone(),
             )
-            .for_each(|_| futures::future::ready(()));
+            .for_each(|_| futures::future::ready(()))
+    };
 
-    let version_index = caches.versions.clone();
-    let plugin_controller =
+    let plugin_controller = {
+        let (r1, r2) = (relations.clone(), relations.clone());
         Controller::for_shared_stream(pop(&mut plugins), caches.plugins.clone())
             .with_config(config.clone())
             .watches_shared_stream(pop(&mut versions), |v: Arc<PluginVersion>| {
-                Some(
-                    ObjectRef::<Plugin>::new(&v.spec.plugin)
-                        .within(&v.namespace().unwrap_or_default()),
-                )
+                Some(plugin_of_version(&v))
             })
-            .watches_shared_stream(pop(&mut installs), {
-                let catalog = ctx.catalog_namespace.clone();
-                move |i: Arc<PluginInstall>| {
-                    let own = i.namespace().unwrap_or_default();
-                    let ns = i.spec.plugin.namespace_or(&own).to_owned();
-                    (ns == own || ns == catalog)
-                        .then(|| ObjectRef::<Plugin>::new(i.spec.plugin.name()).within(&ns))
-                }
+            .watches_stream(version_deletions.stream(), |v: PluginVersion| {
+                Some(plugin_of_version(&v))
+            })
+            .watches_shared_stream(pop(&mut installs), move |i: Arc<PluginInstall>| {
+                r1.plugin_of_install(&i)
+            })
+            .watches_stream(install_deletions.stream(), move |i: PluginInstall| {
+                r2.plugin_of_install(&i)
             })
             .reconcile_all_on(ctx.leader.gained())
             .run(
@@ -242,20 +292,22 @@ pub async fn run(ctx: Arc<Context>, subscriptions: cache::Subscriptions) {
                 error_policy::<Plugin>,
                 ctx.clone(),
             )
-            .for_each(|_| futures::future::ready(()));
+            .for_each(|_| futures::future::ready(()))
+    };
 
-    let version_controller =
+    let version_controller = {
+        let (r1, r2, r3) = (relations.clone(), relations.clone(), relations.clone());
         Controller::for_shared_stream(pop(&mut versions), caches.versions.clone())
             .with_config(config)
             .watches_shared_stream(pop(&mut plugins), move |p: Arc<Plugin>| {
-                let ns = p.namespace().unwrap_or_default();
-                let name = p.name_any();
-                version_index
-                    .state()
-                    .into_iter()
-                    .filter(|v| cache::in_namespace(&**v, &ns) && v.spec.plugin == name)
-                    .map(|v| ObjectRef::from_obj(&*v))
-                    .collect::<Vec<_>>()
+                r1.versions_of_plugin(&p.namespace().unwrap_or_default(), &p.name_any())
+            })
+            // An install's versions changed, or it went: the versions it used may be freed.
+            .watches_shared_stream(pop(&mut installs), move |i: Arc<PluginInstall>| {
+                r2.versions_of_install(&i)
+            })
+            .watches_stream(install_deletions.stream(), move |i: PluginInstall| {
+                r3.versions_of_install(&i)
             })
             .reconcile_all_on(ctx.leader.gained())
             .run(
@@ -263,7 +315,8 @@ pub async fn run(ctx: Arc<Context>, subscriptions: cache::Subscriptions) {
                 error_policy::<PluginVersion>,
                 ctx.clone(),
             )
-            .for_each(|_| futures::future::ready(()));
+            .for_each(|_| futures::future::ready(()))
+    };
 
     tokio::join!(install_controller, plugin_controller, version_controller);
 }

@@ -15,6 +15,8 @@ pub const UPGRADE_AVAILABLE: &str = "UpgradeAvailable";
 /// Plugin and PluginVersion: the spec is valid (and, for a version, its Plugin exists, its
 /// number is unique and its configSchema compiles).
 pub const ACCEPTED: &str = "Accepted";
+/// PluginVersion: installs run it or roll out to it, so it cannot be deleted yet.
+pub const IN_USE: &str = "InUse";
 
 /// Reasons: why a condition has its status. CamelCase, as `metav1.Condition` requires.
 pub mod reason {
@@ -25,6 +27,8 @@ pub mod reason {
     pub const ACTIVE: &str = "Active";
     pub const RESTARTING: &str = "Restarting";
     pub const ERROR: &str = "Error";
+    pub const RUNNING: &str = "Running";
+    pub const UNUSED: &str = "Unused";
 
     // Failures, for `Degraded`, `Ready` and `status.lastFailure`.
     pub const IMAGE_PULL_FAILED: &str = "ImagePullFailed";

@@ -66,6 +66,33 @@ pub struct Subscriptions {
     pub versions: Vec<ReflectHandle<PluginVersion>>,
     pub deployments: ReflectHandle<Deployment>,
     pub pods: ReflectHandle<Pod>,
+    pub install_deletions: Deletions<PluginInstall>,
+    pub plugin_deletions: Deletions<Plugin>,
+    pub version_deletions: Deletions<PluginVersion>,
+    pub deployment_deletions: Deletions<Deployment>,
+}
+
+/// Objects as they were when they were deleted. Shared watch streams announce only changes,
+/// yet a deletion matters too: a Plugin's install count drops, a version in use is freed, a
+/// deleted Deployment is made again.
+pub struct Deletions<K> {
+    sender: tokio::sync::broadcast::Sender<K>,
+}
+
+impl<K: Clone> Default for Deletions<K> {
+    fn default() -> Self {
+        Self {
+            sender: tokio::sync::broadcast::channel(SUBSCRIBER_BUFFER).0,
+        }
+    }
+}
+
+impl<K: Clone + Send + 'static> Deletions<K> {
+    /// Deletions from now on, as a trigger stream for a controller.
+    pub fn stream(&self) -> impl Stream<Item = Result<K, watcher::Error>> + Send + 'static {
+        tokio_stream::wrappers::BroadcastStream::new(self.sender.subscribe())
+            .filter_map(|deleted| futures::future::ready(deleted.ok().map(Ok)))
+    }
 }
 
 /// The futures that keep the caches filled; they run until the process stops.
@@ -86,27 +113,27 @@ impl Caches {
         ));
         let mut drivers: Drivers = Vec::new();
 
-        let (installs, install_subs) = shared(
+        let (installs, install_subs, install_deletions) = shared(
             scope.api(client),
             watcher::Config::default(),
             subscribers,
             &mut drivers,
         );
-        let (plugins, plugin_subs) = shared(
+        let (plugins, plugin_subs, plugin_deletions) = shared(
             scope.api(client),
             watcher::Config::default(),
             subscribers,
             &mut drivers,
         );
-        let (versions, version_subs) = shared(
+        let (versions, version_subs, version_deletions) = shared(
             scope.api(client),
             watcher::Config::default(),
             subscribers,
             &mut drivers,
         );
-        let (deployments, mut deployment_subs) =
+        let (deployments, mut deployment_subs, deployment_deletions) =
             shared(scope.api(client), owned.clone(), 1, &mut drivers);
-        let (pods, mut pod_subs) = shared(scope.api(client), owned.clone(), 1, &mut drivers);
+        let (pods, mut pod_subs, _) = shared(scope.api(client), owned.clone(), 1, &mut drivers);
         let services = metadata_only::<Service>(scope.api(client), owned.clone(), &mut drivers);
         let service_accounts =
             metadata_only::<ServiceAccount>(scope.api(client), owned.clone(), &mut drivers);
@@ -128,6 +155,10 @@ impl Caches {
             versions: version_subs,
             deployments: deployment_subs.remove(0),
             pods: pod_subs.remove(0),
+            install_deletions,
+            plugin_deletions,
+            version_deletions,
+            deployment_deletions,
         };
         (caches, subscriptions, drivers)
     }
@@ -158,7 +189,7 @@ fn shared<K>(
     config: watcher::Config,
     subscribers: usize,
     drivers: &mut Drivers,
-) -> (Store<K>, Vec<ReflectHandle<K>>)
+) -> (Store<K>, Vec<ReflectHandle<K>>, Deletions<K>)
 where
     K: Resource + Clone + DeserializeOwned + Debug + Send + Sync + 'static,
     K::DynamicType: Default + Eq + std::hash::Hash + Clone + Send + Sync,
@@ -168,12 +199,20 @@ where
         .filter_map(|_| writer.subscribe())
         .collect();
     let kind = K::kind(&K::DynamicType::default()).into_owned();
+    let deletions = Deletions::default();
+    let announce = deletions.sender.clone();
     let stream = watcher(api, config)
         .default_backoff()
         .modify(drop_managed_fields)
+        .inspect(move |event| {
+            if let Ok(watcher::Event::Delete(object)) = event {
+                // Nobody listening is fine: then nobody needs to know.
+                let _ = announce.send(object.clone());
+            }
+        })
         .reflect_shared(writer);
     drivers.push(drive(stream, kind).boxed());
-    (reader, subs)
+    (reader, subs, deletions)
 }
 
 fn metadata_only<K>(
