@@ -138,7 +138,10 @@ pub async fn json_object(req: Request) -> Result<Map<String, Value>, ApiError> {
         .await
         .map_err(|_| ApiError::invalid("body", format!("larger than {BODY_LIMIT} bytes")))?;
     if bytes.iter().all(u8::is_ascii_whitespace) {
-        return Err(ApiError::invalid("body", "required: a JSON object"));
+        return Err(ApiError::invalid(
+            "body",
+            "empty: a JSON object is required",
+        ));
     }
     let value: Value = serde_json::from_slice(&bytes)
         .map_err(|err| ApiError::invalid("body", format!("malformed JSON: {err}")))?;
