@@ -22,6 +22,9 @@ use serde::de::DeserializeOwned;
 use crate::reconcile::build::labels;
 use crate::resources::{Plugin, PluginInstall, PluginVersion};
 
+/// How often [`Caches::ready`] looks at the stores again.
+const READY_POLL: std::time::Duration = std::time::Duration::from_millis(100);
+
 /// Events a subscriber may lag behind before the watch waits for it.
 const SUBSCRIBER_BUFFER: usize = 1024;
 
@@ -164,19 +167,26 @@ impl Caches {
     }
 
     /// Resolves once every cache has its first full list.
+    ///
+    /// `Store::wait_until_ready` keeps one waker per store, and the controllers wait on the
+    /// same stores: only the waiter that polled last is woken. So this looks again every
+    /// 100 ms rather than wait to be woken (the controllers are woken by their watch events).
     pub async fn ready(&self) -> bool {
-        let results = future::join_all([
-            self.installs.wait_until_ready().boxed(),
-            self.plugins.wait_until_ready().boxed(),
-            self.versions.wait_until_ready().boxed(),
-            self.deployments.wait_until_ready().boxed(),
-            self.pods.wait_until_ready().boxed(),
-            self.services.wait_until_ready().boxed(),
-            self.service_accounts.wait_until_ready().boxed(),
-            self.config_maps.wait_until_ready().boxed(),
-        ])
-        .await;
-        results.iter().all(Result::is_ok)
+        loop {
+            let all = future::join_all([
+                self.installs.wait_until_ready().boxed(),
+                self.plugins.wait_until_ready().boxed(),
+                self.versions.wait_until_ready().boxed(),
+                self.deployments.wait_until_ready().boxed(),
+                self.pods.wait_until_ready().boxed(),
+                self.services.wait_until_ready().boxed(),
+                self.service_accounts.wait_until_ready().boxed(),
+                self.config_maps.wait_until_ready().boxed(),
+            ]);
+            if let Ok(results) = tokio::time::timeout(READY_POLL, all).await {
+                return results.iter().all(Result::is_ok);
+            }
+        }
     }
 }
 
