@@ -60,3 +60,11 @@ crds-install: cluster-up
 tools:
     @rustup component list --installed 2>/dev/null | grep -q '^rustfmt' || rustup component add rustfmt
     @rustup component list --installed 2>/dev/null | grep -q '^clippy' || rustup component add clippy
+
+# Render deploy/ from the Helm chart (and copy crds/ into the chart); helm comes from npm
+deploy:
+    devtools/scripts/render-deploy.sh
+
+# Lint the Helm chart (helm lint --strict)
+chart-lint:
+    "$(devtools/scripts/deploy-tools.sh helm)" lint --strict charts/plugin-operator
