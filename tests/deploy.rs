@@ -168,6 +168,7 @@ fn chart_crds_are_the_committed_crds() {
 
 #[test]
 fn deploy_manifests_are_what_the_chart_renders() {
+    tool("helm"); // installed once, before the script asks for it
     let out = root().join("target/tmp/render-deploy");
     let _ = std::fs::remove_dir_all(&out);
     let status = Command::new(root().join("devtools/scripts/render-deploy.sh"))

