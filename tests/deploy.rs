@@ -1103,17 +1103,7 @@ async fn rendered_manifest_installs_and_its_rbac_runs_the_operator() {
         beyond.is_empty(),
         "requests the chart's roles do not grant: {beyond:?}"
     );
-    // Not a request: checked by the OwnerReferencesPermissionEnforcement admission plugin (off
-    // on the local control plane) when children get an owner reference with blockOwnerDeletion.
-    let admission_only = (
-        "update".to_owned(),
-        "plugin-operator.dev".to_owned(),
-        "plugininstalls/finalizers".to_owned(),
-    );
-    let unused: Vec<_> = granted
-        .difference(&used)
-        .filter(|p| **p != admission_only)
-        .collect();
+    let unused: Vec<_> = granted.difference(&used).collect();
     assert!(
         unused.is_empty(),
         "permissions the chart grants that the operator never used: {unused:?}"
