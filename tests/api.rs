@@ -308,7 +308,6 @@ async fn every_route_wants_a_valid_token_in_its_seed_shape() {
             Token::Bearer("a.b.c"),
         ] {
             let answer = call(method.clone(), &path, token, body.clone().map(Body::Json)).await;
-            let what = format!("{method} {path}");
             match seed {
                 "000" => expect_000(
                     &answer,
@@ -320,7 +319,6 @@ async fn every_route_wants_a_valid_token_in_its_seed_shape() {
                 "002" => expect_002(&answer, StatusCode::UNAUTHORIZED, "unauthorized"),
                 _ => expect_004(&answer, StatusCode::UNAUTHORIZED, "PLUGIN.UNAUTHORIZED"),
             }
-            let _ = what;
         }
     }
     // A token for another audience (a plugin's access token) is no token for the API.
@@ -526,23 +524,13 @@ async fn get_endpoint_answers_with_the_service_and_a_token_for_the_plugin() {
     assert_eq!(answer.body["updated_version"], "1.1.0");
 
     // Nothing matches: other labels, versions, upgrade modes or plugins.
-    for (body, why) in [
-        (
-            json!({"plugin_id": "echo", "domain_id": ns.name, "labels": {"team": "sales"}}),
-            "labels",
-        ),
-        (
-            json!({"plugin_id": "echo", "domain_id": ns.name, "version": "2.0.0"}),
-            "version",
-        ),
-        (
-            json!({"plugin_id": "echo", "domain_id": ns.name, "upgrade_mode": "AUTO"}),
-            "mode",
-        ),
+    for body in [
+        json!({"plugin_id": "echo", "domain_id": ns.name, "labels": {"team": "sales"}}),
+        json!({"plugin_id": "echo", "domain_id": ns.name, "version": "2.0.0"}),
+        json!({"plugin_id": "echo", "domain_id": ns.name, "upgrade_mode": "AUTO"}),
     ] {
         let answer = post(&endpoint_path("echo"), &token, body).await;
         expect_000(&answer, StatusCode::NOT_FOUND, "ERROR_NOT_FOUND", None);
-        let _ = why;
     }
     let answer = post(
         &endpoint_path("nope"),

@@ -1,0 +1,352 @@
+//! Throughput and latency of `POST /plugin/v1/plugin/{id}/get-endpoint` with cached
+//! authentication, beside two trivial routes of the same server: `GET /noop` (added here: a
+//! constant answer, the cost of HTTP alone) and `GET /openapi.json` (a precomputed document).
+//!
+//! Run with `cargo bench --bench api` (not part of `just test`). In-process: the real router and
+//! handlers on 127.0.0.1, fed by reflector stores filled here (no cluster), with a backend that
+//! accepts the token, allows every access and issues a fixed access token. After the first
+//! request every answer comes from the caches, as in a cluster: the backend's call counts are
+//! printed to show it. The load generator runs in the same process (its own runtime), one
+//! keep-alive connection per client, so the two share the machine's cores.
+//!
+//! `BENCH_SECONDS` (default 3) sets how long each case runs.
+use std::{
+    sync::{
+        Arc,
+        atomic::{AtomicUsize, Ordering},
+    },
+    time::{Duration, Instant},
+};
+
+use futures::future::BoxFuture;
+use k8s_openapi::{
+    api::core::v1::{ConfigMap, Service, ServiceAccount},
+    jiff::{SignedDuration, Timestamp},
+};
+use kube::{
+    core::PartialObjectMeta,
+    runtime::{reflector, watcher},
+};
+use plugin_operator::{
+    api::{
+        self, ApiState,
+        backend::{Access, Backend, IssuedToken, User},
+        error::ApiError,
+    },
+    resources::{Plugin, PluginInstall, PluginVersion},
+    runtime::cache::Caches,
+};
+use serde_json::json;
+
+/// Namespaces (tenants) and installs per namespace in the stores.
+const NAMESPACES: usize = 50;
+const INSTALLS_PER_NAMESPACE: usize = 10;
+
+#[derive(Default)]
+struct Fake {
+    token_reviews: AtomicUsize,
+    access_reviews: AtomicUsize,
+    token_requests: AtomicUsize,
+}
+
+impl Backend for Fake {
+    fn review_token<'a>(&'a self, _: &'a str) -> BoxFuture<'a, Result<Option<User>, ApiError>> {
+        self.token_reviews.fetch_add(1, Ordering::Relaxed);
+        Box::pin(async {
+            Ok(Some(User {
+                username: "system:serviceaccount:bench:supervisor".into(),
+                ..Default::default()
+            }))
+        })
+    }
+
+    fn review_access<'a>(
+        &'a self,
+        _: &'a User,
+        _: &'a Access,
+    ) -> BoxFuture<'a, Result<bool, ApiError>> {
+        self.access_reviews.fetch_add(1, Ordering::Relaxed);
+        Box::pin(async { Ok(true) })
+    }
+
+    fn request_token<'a>(
+        &'a self,
+        _: &'a str,
+        _: &'a str,
+        _: &'a str,
+        seconds: i64,
+    ) -> BoxFuture<'a, Result<IssuedToken, ApiError>> {
+        self.token_requests.fetch_add(1, Ordering::Relaxed);
+        Box::pin(async move {
+            Ok(IssuedToken {
+                token: "x".repeat(900),
+                expires: Timestamp::now() + SignedDuration::from_secs(seconds),
+            })
+        })
+    }
+}
+
+fn filled<K>(objects: impl IntoIterator<Item = K>) -> reflector::Store<K>
+where
+    K: kube::Resource + Clone + 'static,
+    K::DynamicType: Eq + std::hash::Hash + Clone + Default,
+{
+    let (store, mut writer) = reflector::store();
+    writer.apply_watcher_event(&watcher::Event::Init);
+    for object in objects {
+        writer.apply_watcher_event(&watcher::Event::InitApply(object));
+    }
+    writer.apply_watcher_event(&watcher::Event::InitDone);
+    store
+}
+
+fn parse<K: serde::de::DeserializeOwned>(value: serde_json::Value) -> K {
+    serde_json::from_value(value).expect("a valid object")
+}
+
+fn caches() -> Caches {
+    let namespaces: Vec<String> = (0..NAMESPACES).map(|n| format!("tenant-{n}")).collect();
+    let plugins = namespaces.iter().map(|ns| {
+        parse::<Plugin>(json!({
+            "apiVersion": "plugin-operator.dev/v1alpha1", "kind": "Plugin",
+            "metadata": {"name": "echo", "namespace": ns, "uid": format!("p-{ns}")},
+            "spec": {"type": "OplogProcessor"}
+        }))
+    });
+    let versions = namespaces.iter().map(|ns| {
+        parse::<PluginVersion>(json!({
+            "apiVersion": "plugin-operator.dev/v1alpha1", "kind": "PluginVersion",
+            "metadata": {"name": "echo-1.0.0", "namespace": ns},
+            "spec": {"plugin": "echo", "version": "1.0.0", "execution": {"image": "echo:1"}}
+        }))
+    });
+    let mut installs = Vec::new();
+    let mut accounts = Vec::new();
+    for ns in &namespaces {
+        for i in 0..INSTALLS_PER_NAMESPACE {
+            let name = format!("echo-{i}");
+            installs.push(parse::<PluginInstall>(json!({
+                "apiVersion": "plugin-operator.dev/v1alpha1", "kind": "PluginInstall",
+                "metadata": {"name": name, "namespace": ns, "uid": format!("{ns}-{i}"),
+                             "labels": {"shard": i.to_string()}},
+                "spec": {"plugin": "echo", "version": "^1"},
+                "status": {"phase": "Active", "version": "1.0.0",
+                           "endpoint": format!("http://{name}.{ns}.svc:8080"),
+                           "availableVersion": "1.1.0"}
+            })));
+            accounts.push(parse::<PartialObjectMeta<ServiceAccount>>(json!({
+                "apiVersion": "v1", "kind": "ServiceAccount",
+                "metadata": {"name": name, "namespace": ns, "uid": format!("sa-{ns}-{i}")}
+            })));
+        }
+    }
+    Caches {
+        installs: filled(installs),
+        plugins: filled(plugins),
+        versions: filled(versions),
+        deployments: filled(Vec::new()),
+        pods: filled(Vec::new()),
+        services: filled(Vec::<PartialObjectMeta<Service>>::new()),
+        service_accounts: filled(accounts),
+        config_maps: filled(Vec::<PartialObjectMeta<ConfigMap>>::new()),
+    }
+}
+
+/// Starts the server on its own runtime; returns its address and the backend's counters.
+fn serve() -> (std::net::SocketAddr, Arc<Fake>) {
+    let backend = Arc::new(Fake::default());
+    let (tx, rx) = std::sync::mpsc::channel();
+    let fake = backend.clone();
+    std::thread::spawn(move || {
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .expect("runtime");
+        runtime.block_on(async move {
+            // Writes are not benchmarked: the client points nowhere.
+            let config = kube::Config::new("http://127.0.0.1:9".parse().expect("url"));
+            let client = kube::Client::try_from(config).expect("client");
+            let state = ApiState::with_backend(
+                client,
+                caches(),
+                "plugin-catalog".into(),
+                fake,
+                Arc::new(Timestamp::now),
+            );
+            state.set_ready(true);
+            let router = api::router(state).route("/noop", axum::routing::get(|| async { "ok" }));
+            let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+                .await
+                .expect("bind");
+            tx.send(listener.local_addr().expect("addr"))
+                .expect("send the address");
+            axum::serve(listener, router).await.expect("serve");
+        });
+    });
+    (rx.recv().expect("the server's address"), backend)
+}
+
+#[derive(Clone, Copy)]
+enum Route {
+    GetEndpoint,
+    OpenApi,
+    Noop,
+}
+
+impl Route {
+    fn name(self) -> &'static str {
+        match self {
+            Self::GetEndpoint => "POST get-endpoint",
+            Self::OpenApi => "GET /openapi.json",
+            Self::Noop => "GET /noop",
+        }
+    }
+}
+
+struct Outcome {
+    requests: usize,
+    errors: usize,
+    elapsed: Duration,
+    latencies: Vec<Duration>,
+}
+
+impl Outcome {
+    fn per_second(&self) -> f64 {
+        self.requests as f64 / self.elapsed.as_secs_f64()
+    }
+
+    fn percentile(&self, p: f64) -> Duration {
+        if self.latencies.is_empty() {
+            return Duration::ZERO;
+        }
+        let index = ((self.latencies.len() - 1) as f64 * p).round() as usize;
+        self.latencies[index]
+    }
+}
+
+async fn run(
+    addr: std::net::SocketAddr,
+    route: Route,
+    connections: usize,
+    time: Duration,
+) -> Outcome {
+    let until = Instant::now() + time;
+    let mut tasks = Vec::new();
+    for c in 0..connections {
+        tasks.push(tokio::spawn(async move {
+            let http = reqwest::Client::builder()
+                .pool_max_idle_per_host(1)
+                .http1_only()
+                .build()
+                .expect("client");
+            let namespace = format!("tenant-{}", c % NAMESPACES);
+            let body = json!({"plugin_id": "echo", "domain_id": namespace,
+                              "labels": {"shard": (c % INSTALLS_PER_NAMESPACE).to_string()}});
+            let mut latencies = Vec::new();
+            let mut errors = 0;
+            while Instant::now() < until {
+                let started = Instant::now();
+                let request = match route {
+                    Route::GetEndpoint => http
+                        .post(format!("http://{addr}/plugin/v1/plugin/echo/get-endpoint"))
+                        .bearer_auth("bench-token")
+                        .json(&body),
+                    Route::OpenApi => http.get(format!("http://{addr}/openapi.json")),
+                    Route::Noop => http.get(format!("http://{addr}/noop")),
+                };
+                match request.send().await {
+                    Ok(response) if response.status().is_success() => {
+                        let _ = response.bytes().await;
+                        latencies.push(started.elapsed());
+                    }
+                    _ => errors += 1,
+                }
+            }
+            (latencies, errors)
+        }));
+    }
+    let started = Instant::now();
+    let mut latencies = Vec::new();
+    let mut errors = 0;
+    for task in tasks {
+        let (mut l, e) = task.await.expect("client task");
+        latencies.append(&mut l);
+        errors += e;
+    }
+    let elapsed = started.elapsed();
+    latencies.sort();
+    Outcome {
+        requests: latencies.len(),
+        errors,
+        elapsed,
+        latencies,
+    }
+}
+
+fn micros(d: Duration) -> String {
+    format!("{:.0} µs", d.as_secs_f64() * 1e6)
+}
+
+fn main() {
+    let seconds = std::env::var("BENCH_SECONDS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(3u64);
+    let (addr, backend) = serve();
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("runtime");
+    println!(
+        "get-endpoint vs trivial routes, in-process, {NAMESPACES} namespaces × {INSTALLS_PER_NAMESPACE} installs in the stores, {seconds} s per case, {} cores",
+        std::thread::available_parallelism().map_or(0, |n| n.get())
+    );
+    println!(
+        "{:<20} {:>5} {:>10} {:>10} {:>10} {:>8}",
+        "route", "conns", "req/s", "p50", "p99", "errors"
+    );
+    let mut table = Vec::new();
+    for connections in [1, 16, 64] {
+        for route in [Route::GetEndpoint, Route::Noop, Route::OpenApi] {
+            // Warm up: connections open, caches filled.
+            runtime.block_on(run(addr, route, connections, Duration::from_millis(300)));
+            let outcome =
+                runtime.block_on(run(addr, route, connections, Duration::from_secs(seconds)));
+            println!(
+                "{:<20} {:>5} {:>10.0} {:>10} {:>10} {:>8}",
+                route.name(),
+                connections,
+                outcome.per_second(),
+                micros(outcome.percentile(0.5)),
+                micros(outcome.percentile(0.99)),
+                outcome.errors
+            );
+            table.push((route.name(), connections, outcome));
+        }
+    }
+    println!();
+    println!("get-endpoint relative to GET /noop (throughput ratio, p50 ratio):");
+    for connections in [1, 16, 64] {
+        let find = |name: &str| {
+            table
+                .iter()
+                .find(|(n, c, _)| *n == name && *c == connections)
+                .map(|(_, _, o)| o)
+        };
+        if let (Some(endpoint), Some(noop)) = (find("POST get-endpoint"), find("GET /noop")) {
+            println!(
+                "  {connections:>2} connections: {:.2}× the throughput, {:.2}× the p50",
+                endpoint.per_second() / noop.per_second(),
+                endpoint.percentile(0.5).as_secs_f64() / noop.percentile(0.5).as_secs_f64()
+            );
+        }
+    }
+    println!(
+        "backend calls over the whole run: {} TokenReview, {} SubjectAccessReview, {} TokenRequest",
+        backend.token_reviews.load(Ordering::Relaxed),
+        backend.access_reviews.load(Ordering::Relaxed),
+        backend.token_requests.load(Ordering::Relaxed)
+    );
+}
