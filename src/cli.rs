@@ -90,6 +90,13 @@ pub struct RunArgs {
     /// This replica's name in the Lease and in Events (in a cluster: the pod name).
     #[arg(long, env = "POD_NAME", default_value_t = default_identity())]
     pub identity: String,
+    /// Seconds a plugin's access token from `POST /a/auth/v0/token` lives (seed 003; the API
+    /// server issues no token for less than 600).
+    #[arg(long, default_value_t = 43_200, value_parser = clap::value_parser!(i64).range(600..))]
+    pub plugin_access_token_seconds: i64,
+    /// Seconds a plugin's refresh token lives (seed 003).
+    #[arg(long, default_value_t = 259_200, value_parser = clap::value_parser!(i64).range(1..))]
+    pub plugin_refresh_token_seconds: i64,
 }
 
 fn default_identity() -> String {

@@ -94,6 +94,7 @@ fn crds_name_the_kinds_as_the_spec_says() {
                 "PluginInstall",
                 "plgi"
             ),
+            ("pluginjobs.plugin-operator.dev", "PluginJob", "plgj"),
         ]
     );
     for crd in &crds {
@@ -120,6 +121,7 @@ fn crds_name_the_kinds_as_the_spec_says() {
         let expected: &[&str] = match crd.spec.names.kind.as_str() {
             "Plugin" => &["Type", "Latest", "Installs", "Age"],
             "PluginVersion" => &["Plugin", "Version", "Attribution", "Accepted", "Age"],
+            "PluginJob" => &["Install", "Name", "Status", "Age"],
             _ => &["Plugin", "Version", "Phase", "Available", "Age"],
         };
         assert_eq!(columns, expected, "{}", crd.spec.names.kind);

@@ -3,14 +3,15 @@
 //! tell from a hash whether anything changed.
 use std::collections::BTreeMap;
 
+use k8s_openapi::ByteString;
 use k8s_openapi::{
     api::{
         apps::v1::{Deployment, DeploymentSpec, DeploymentStrategy, RollingUpdateDeployment},
         core::v1::{
             ConfigMap, ConfigMapVolumeSource, Container, ContainerPort, EnvVar, ExecAction,
-            HTTPGetAction, Lifecycle, LifecycleHandler, PodSpec, PodTemplateSpec, Probe,
-            SecretVolumeSource, Service, ServiceAccount, ServicePort, ServiceSpec, TCPSocketAction,
-            Volume, VolumeMount,
+            HTTPGetAction, KeyToPath, Lifecycle, LifecycleHandler, PodSpec, PodTemplateSpec, Probe,
+            Secret, SecretVolumeSource, Service, ServiceAccount, ServicePort, ServiceSpec,
+            TCPSocketAction, Volume, VolumeMount,
         },
     },
     apimachinery::pkg::{apis::meta::v1::LabelSelector, util::intstr::IntOrString},
@@ -52,6 +53,73 @@ pub const CONFIG_DIR: &str = "/etc/plugin";
 pub const SECRETS_DIR: &str = "/etc/plugin/secrets";
 /// The key of the config in the ConfigMap (and the file name).
 pub const CONFIG_KEY: &str = "config.json";
+
+/// Where an install's credentials (seed 003: `client_id`, `client_secret`) are mounted.
+pub const CREDENTIALS_DIR: &str = "/etc/plugin/credentials";
+
+/// The install's credentials Secret: keys and annotations.
+pub mod credentials {
+    pub const CLIENT_ID: &str = "client_id";
+    pub const CLIENT_SECRET: &str = "client_secret";
+    /// SHA-256 (hex) of each live refresh token → its expiry (Unix seconds), as JSON.
+    pub const REFRESH_TOKENS: &str = "refresh_tokens";
+    /// On the install: a new value rotates the credentials (new secret, refresh tokens revoked).
+    pub const ROTATE_ANNOTATION: &str = "plugin-operator.dev/rotate-credentials";
+    /// On the Secret: the `rotate-credentials` value its secret was generated for.
+    pub const ROTATION_ANNOTATION: &str = "plugin-operator.dev/credentials-rotation";
+}
+
+/// Name of the Secret that holds an install's credentials.
+pub fn credentials_secret_name(install: &str) -> String {
+    format!("{install}-credentials")
+}
+
+/// The client id of an install: `<namespace>.<install>` (a namespace has no dots).
+pub fn client_id(namespace: &str, install: &str) -> String {
+    format!("{namespace}.{install}")
+}
+
+/// The `rotate-credentials` annotation of an install ("" without).
+pub fn credentials_rotation(install: &PluginInstall) -> String {
+    install
+        .annotations()
+        .get(credentials::ROTATE_ANNOTATION)
+        .cloned()
+        .unwrap_or_default()
+}
+
+/// A fresh credentials Secret for an install: its client id, `client_secret`, no refresh tokens;
+/// owned by the install, labelled like every child, marked with the rotation it was made for.
+pub fn credentials_secret(install: &PluginInstall, plugin: &str, client_secret: &str) -> Secret {
+    let name = install.name_any();
+    let namespace = install.namespace().unwrap_or_default();
+    let data = BTreeMap::from([
+        (
+            credentials::CLIENT_ID.to_owned(),
+            ByteString(client_id(&namespace, &name).into_bytes()),
+        ),
+        (
+            credentials::CLIENT_SECRET.to_owned(),
+            ByteString(client_secret.as_bytes().to_vec()),
+        ),
+    ]);
+    Secret {
+        metadata: ObjectMeta {
+            name: Some(credentials_secret_name(&name)),
+            namespace: Some(namespace),
+            labels: Some(child_labels(plugin, &name)),
+            annotations: Some(BTreeMap::from([(
+                credentials::ROTATION_ANNOTATION.to_owned(),
+                credentials_rotation(install),
+            )])),
+            owner_references: install.controller_owner_ref(&()).map(|r| vec![r]),
+            ..Default::default()
+        },
+        data: Some(data),
+        type_: Some("Opaque".into()),
+        ..Default::default()
+    }
+}
 
 /// Everything a supervised install's children are built from.
 #[derive(Clone, Debug)]
@@ -247,6 +315,30 @@ fn pod_template(
         read_only: Some(true),
         ..Default::default()
     }];
+    volumes.push(Volume {
+        name: "credentials".into(),
+        secret: Some(SecretVolumeSource {
+            secret_name: Some(credentials_secret_name(&name)),
+            items: Some(
+                [credentials::CLIENT_ID, credentials::CLIENT_SECRET]
+                    .into_iter()
+                    .map(|key| KeyToPath {
+                        key: key.into(),
+                        path: key.into(),
+                        mode: None,
+                    })
+                    .collect(),
+            ),
+            ..Default::default()
+        }),
+        ..Default::default()
+    });
+    mounts.push(VolumeMount {
+        name: "credentials".into(),
+        mount_path: CREDENTIALS_DIR.into(),
+        read_only: Some(true),
+        ..Default::default()
+    });
     for (index, source) in install.spec.config_from.iter().enumerate() {
         let volume = format!("secret-{index}");
         volumes.push(Volume {
@@ -629,6 +721,48 @@ mod tests {
                 .any(|m| m.mount_path == "/etc/plugin/secrets/db")
         );
         assert!(!c.config_map.data.as_ref().expect("data")[CONFIG_KEY].contains("db"));
+    }
+
+    #[test]
+    fn credentials_are_a_secret_of_the_install_mounted_without_refresh_tokens() {
+        let mut i = install(PluginInstallSpec::for_plugin("p"));
+        i.annotations_mut()
+            .insert(credentials::ROTATE_ANNOTATION.into(), "2".into());
+        let secret = credentials_secret(&i, "billing-plugin", "s3cret");
+        assert_eq!(secret.name_any(), "billing-credentials");
+        let data = secret.data.as_ref().expect("data");
+        assert_eq!(data[credentials::CLIENT_ID].0, b"tenant-a.billing");
+        assert_eq!(data[credentials::CLIENT_SECRET].0, b"s3cret");
+        assert_eq!(secret.labels()[labels::INSTALL], "billing");
+        assert_eq!(secret.labels()[labels::PLUGIN], "billing-plugin");
+        assert_eq!(secret.annotations()[credentials::ROTATION_ANNOTATION], "2");
+        let owner = &secret.metadata.owner_references.as_ref().expect("owner")[0];
+        assert_eq!(owner.uid, "uid-1");
+
+        let c = build(&i, &execution(), 0);
+        let mounts = container(&c).volume_mounts.as_ref().expect("mounts");
+        assert!(mounts.iter().any(|m| m.mount_path == CREDENTIALS_DIR));
+        let pod = c
+            .deployment
+            .spec
+            .as_ref()
+            .expect("spec")
+            .template
+            .spec
+            .as_ref();
+        let volume = pod
+            .and_then(|p| p.volumes.as_ref())
+            .and_then(|v| v.iter().find(|v| v.name == "credentials"))
+            .and_then(|v| v.secret.as_ref())
+            .expect("a Secret volume");
+        assert_eq!(volume.secret_name.as_deref(), Some("billing-credentials"));
+        let keys: Vec<_> = volume
+            .items
+            .iter()
+            .flatten()
+            .map(|k| k.key.as_str())
+            .collect();
+        assert_eq!(keys, [credentials::CLIENT_ID, credentials::CLIENT_SECRET]);
     }
 
     #[test]

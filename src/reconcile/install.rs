@@ -91,6 +91,9 @@ pub async fn reconcile(install: Arc<PluginInstall>, ctx: Arc<Context>) -> Result
     }
     let install = ctx.recent.installs.fresh(install);
     let world = fetch(&install, &ctx).await?;
+    if let Ok(plugin) = &world.plugin {
+        ensure_credentials(&ctx.client, &install, &plugin.name_any()).await?;
+    }
     let plan = plan(&world);
     tracing::debug!(
         install = %install.name_any(),
@@ -111,6 +114,70 @@ pub async fn reconcile(install: Arc<PluginInstall>, ctx: Arc<Context>) -> Result
             .await;
     }
     Ok(Action::requeue(plan.requeue))
+}
+
+// ---------------------------------------------------------------------------------------------
+// credentials (seed 003)
+
+/// 32 random bytes, URL-safe base64 without padding: a client secret or a refresh token.
+pub fn random_secret() -> String {
+    use base64::Engine;
+    let mut bytes = [0_u8; 32];
+    // The OS's generator; failing it is unrecoverable (no safe secret can be made).
+    #[allow(clippy::expect_used)]
+    getrandom::fill(&mut bytes).expect("the OS random number generator");
+    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes)
+}
+
+/// The install's credentials Secret: created when missing (never overwritten), and made anew
+/// (new `client_secret`, every refresh token revoked) when the install's `rotate-credentials`
+/// annotation differs from the one recorded on the Secret. A GET when nothing changes; the
+/// replace carries the resourceVersion, so a concurrent refresh-token write is not lost silently
+/// (409, retried by the next reconcile).
+pub async fn ensure_credentials(
+    client: &kube::Client,
+    install: &PluginInstall,
+    plugin: &str,
+) -> Result<Secret, Error> {
+    use super::with_timeout;
+    use kube::api::PostParams;
+    let namespace = install.namespace().unwrap_or_default();
+    let api: Api<Secret> = Api::namespaced(client.clone(), &namespace);
+    let name = build::credentials_secret_name(&install.name_any());
+    let params = PostParams {
+        field_manager: Some(build::FIELD_MANAGER.to_owned()),
+        ..Default::default()
+    };
+    let wanted = build::credentials_rotation(install);
+    match with_timeout(api.get_opt(&name)).await? {
+        None => {
+            let secret = build::credentials_secret(install, plugin, &random_secret());
+            match with_timeout(api.create(&params, &secret)).await {
+                Ok(created) => {
+                    tracing::info!(install = %install.name_any(), %namespace, "credentials created");
+                    Ok(created)
+                }
+                Err(Error::Kube(kube::Error::Api(status))) if status.code == 409 => {
+                    Ok(with_timeout(api.get(&name)).await?)
+                }
+                Err(err) => Err(err),
+            }
+        }
+        Some(existing)
+            if existing
+                .annotations()
+                .get(build::credentials::ROTATION_ANNOTATION)
+                .map_or("", String::as_str)
+                != wanted =>
+        {
+            let mut secret = build::credentials_secret(install, plugin, &random_secret());
+            secret.metadata.resource_version = existing.metadata.resource_version.clone();
+            let replaced = with_timeout(api.replace(&name, &params, &secret)).await?;
+            tracing::info!(install = %install.name_any(), %namespace, "credentials rotated; refresh tokens revoked");
+            Ok(replaced)
+        }
+        Some(existing) => Ok(existing),
+    }
 }
 
 // ---------------------------------------------------------------------------------------------

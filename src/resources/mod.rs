@@ -24,6 +24,7 @@ mod cel_tests;
 pub mod conditions;
 pub mod plugin;
 pub mod plugin_install;
+pub mod plugin_job;
 pub mod plugin_version;
 mod schema;
 pub mod validate;
@@ -42,6 +43,7 @@ pub use plugin_install::{
     ConfigFromSecret, Failure, HistoryEntry, Phase, PluginInstall, PluginInstallSpec,
     PluginInstallStatus, PluginRef, PluginReference, PluginRuntime, RolloutOutcome, UpgradeMode,
 };
+pub use plugin_job::{Attachment, JobStatus, PluginJob, PluginJobSpec, PluginJobStatus};
 pub use plugin_version::{
     Composition, Execution, ExecutionType, PluginVersion, PluginVersionSpec, PluginVersionStatus,
     VersionAttribution,
@@ -60,7 +62,12 @@ pub const CEL_MIN_MINOR: u32 = 25;
 
 /// The CRDs, with everything the newest Kubernetes versions understand (CEL rules included).
 pub fn crds() -> Vec<CustomResourceDefinition> {
-    vec![Plugin::crd(), PluginVersion::crd(), PluginInstall::crd()]
+    vec![
+        Plugin::crd(),
+        PluginVersion::crd(),
+        PluginInstall::crd(),
+        PluginJob::crd(),
+    ]
 }
 
 /// The CRDs for an API server of Kubernetes `1.<minor>`. Before 1.25 the CEL rules

@@ -123,6 +123,8 @@ fn start_operator() -> Operator {
         lease_duration: 15,
         lease_renew_before: 5,
         identity: format!("tests-{binary}"),
+        plugin_access_token_seconds: 43_200,
+        plugin_refresh_token_seconds: 259_200,
     };
     std::thread::spawn(move || {
         let file = std::fs::File::create(&log_path).expect("create operator log");
