@@ -31,6 +31,10 @@ pub enum RunError {
     Serve(#[source] std::io::Error),
     #[error("--namespace takes one namespace for now (got {0})")]
     Namespaces(usize),
+    #[error(
+        "--lease-renew-before ({renew_before}s) must be shorter than --lease-duration ({duration}s)"
+    )]
+    LeaseTimings { duration: u64, renew_before: u64 },
     #[error("leader election failed to start: {0}")]
     Election(#[source] kube_lease_manager::LeaseManagerError),
 }
@@ -65,6 +69,12 @@ pub async fn run(args: RunArgs) -> Result<(), RunError> {
         let (state, sender) = LeaderState::always();
         (state, None, Some(sender))
     } else {
+        if args.lease_renew_before >= args.lease_duration {
+            return Err(RunError::LeaseTimings {
+                duration: args.lease_duration,
+                renew_before: args.lease_renew_before,
+            });
+        }
         let timings = LeaseTimings {
             duration: args.lease_duration,
             renew_before: args.lease_renew_before,

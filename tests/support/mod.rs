@@ -61,7 +61,7 @@ pub fn operator() -> &'static Operator {
     OPERATOR.get().expect("setup() ran first")
 }
 
-async fn install_crds(client: &Client) {
+pub async fn install_crds(client: &Client) {
     let api: Api<CustomResourceDefinition> = Api::all(client.clone());
     for crd in resources::crds_for_server(20) {
         let name = crd.name_any();
