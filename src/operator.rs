@@ -117,8 +117,15 @@ pub async fn run(args: RunArgs) -> Result<(), RunError> {
             source,
         })?;
     tracing::info!(addr = %args.api_addr, "HTTP API listening");
-    let api_server = axum::serve(api_listener, api::router(api_state.clone()))
-        .with_graceful_shutdown(shutdown_signal());
+    let api_router = api::router(api_state.clone()).layer(
+        api::seed003::Settings {
+            access_token_seconds: args.plugin_access_token_seconds,
+            refresh_token_seconds: args.plugin_refresh_token_seconds,
+        }
+        .extension(),
+    );
+    let api_server =
+        axum::serve(api_listener, api_router).with_graceful_shutdown(shutdown_signal());
 
     let readiness = {
         let caches = caches.clone();

@@ -12,6 +12,7 @@ pub mod extract;
 pub mod seed000;
 pub mod seed001;
 pub mod seed002;
+pub mod seed003;
 pub mod seed004;
 
 use std::sync::{
@@ -200,6 +201,7 @@ fn routes() -> OpenApiRouter<ApiState> {
         .routes(routes!(seed002::set_active))
         .routes(routes!(seed002::set_config))
         .routes(routes!(seed004::detail_route))
+        .merge(seed003::routes())
 }
 
 /// The OpenAPI document of every route.
@@ -289,7 +291,7 @@ mod tests {
         ] {
             assert!(paths.contains(&path), "{path} missing from {paths:?}");
         }
-        assert_eq!(paths.len(), 9, "{paths:?}");
+        assert_eq!(paths.len(), 14, "{paths:?}");
         let accounts = &doc.paths.paths["/v1/accounts/{account_id}/plugins"];
         assert!(accounts.get.is_some() && accounts.post.is_some());
         let by_id = &doc.paths.paths["/v1/plugins/{plugin_id}"];

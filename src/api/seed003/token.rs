@@ -1,0 +1,560 @@
+//! `POST /a/auth/v0/token`: OAuth 2 client credentials (RFC 6749 §4.4) and refresh (§6).
+use std::collections::BTreeMap;
+
+use axum::{
+    Json,
+    body::Bytes,
+    extract::{FromRequest, State},
+    http::{HeaderMap, HeaderValue, StatusCode, header},
+    response::{IntoResponse, Response},
+};
+use base64::Engine;
+use k8s_openapi::{ByteString, api::core::v1::Secret};
+use kube::{Api, ResourceExt, api::PostParams};
+use serde::Serialize;
+use serde_json::Value;
+use sha2::{Digest, Sha256};
+use utoipa::ToSchema;
+
+use super::{AUDIENCE, Settings};
+use crate::{
+    api::{ApiState, error::ApiError},
+    reconcile::{
+        build::{self, credentials},
+        install::{ensure_credentials, random_secret},
+        with_timeout,
+    },
+    resources::PluginInstall,
+};
+
+/// The scopes a plugin may ask for.
+pub const SCOPE_PLUGIN: &str = "plugin";
+pub const SCOPE_REFRESH: &str = "token.refresh";
+
+/// The token request (form-encoded; a JSON object is taken too).
+#[derive(ToSchema)]
+#[allow(dead_code)] // documentation only
+pub struct TokenForm {
+    /// `client_credentials` or `refresh_token`.
+    grant_type: String,
+    /// The client id (`<namespace>.<install>`), unless sent with Basic auth.
+    client_id: Option<String>,
+    /// The client secret, unless sent with Basic auth.
+    client_secret: Option<String>,
+    /// `plugin,token.refresh` (the default) or `plugin` (no refresh token); comma or space
+    /// separated.
+    scope: Option<String>,
+    /// For `refresh_token`: the refresh token.
+    refresh_token: Option<String>,
+}
+
+/// The OAuth 2 token response.
+#[derive(Serialize, ToSchema)]
+pub struct TokenResponse {
+    /// `Bearer`.
+    pub token_type: &'static str,
+    /// A ServiceAccount token of the install for the audience
+    /// `plugin-operator.dev/plugin-services`.
+    pub access_token: String,
+    pub expires_in: i64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub refresh_token: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub refresh_token_expires_in: Option<i64>,
+    /// The scopes granted.
+    pub scope: String,
+}
+
+/// The OAuth 2 error response (RFC 6749 §5.2).
+#[derive(Serialize, ToSchema, Debug)]
+pub struct OAuthError {
+    /// `invalid_request`, `invalid_client`, `invalid_grant`, `unsupported_grant_type`,
+    /// `invalid_scope`, `temporarily_unavailable` or `server_error`.
+    pub error: &'static str,
+    pub error_description: String,
+    #[serde(skip)]
+    pub status: u16,
+}
+
+impl OAuthError {
+    fn new(status: u16, error: &'static str, description: impl Into<String>) -> Self {
+        Self {
+            error,
+            error_description: description.into(),
+            status,
+        }
+    }
+    fn invalid_request(d: impl Into<String>) -> Self {
+        Self::new(400, "invalid_request", d)
+    }
+    fn invalid_client(d: impl Into<String>) -> Self {
+        Self::new(401, "invalid_client", d)
+    }
+    fn invalid_grant(d: impl Into<String>) -> Self {
+        Self::new(400, "invalid_grant", d)
+    }
+    fn from_api(what: &str, err: &ApiError) -> Self {
+        match err {
+            ApiError::Unavailable { .. } | ApiError::NotFound(_) => Self::new(
+                503,
+                "temporarily_unavailable",
+                format!("{what}: {err}; try again shortly"),
+            ),
+            _ => Self::new(500, "server_error", format!("{what}: {err}")),
+        }
+    }
+}
+
+impl IntoResponse for OAuthError {
+    fn into_response(self) -> Response {
+        let status = StatusCode::from_u16(self.status).unwrap_or(StatusCode::BAD_REQUEST);
+        let unauthorized = status == StatusCode::UNAUTHORIZED;
+        let mut response = (status, Json(self)).into_response();
+        let headers = response.headers_mut();
+        headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+        if unauthorized {
+            headers.insert(
+                header::WWW_AUTHENTICATE,
+                HeaderValue::from_static("Basic realm=\"plugin-operator\""),
+            );
+        }
+        response
+    }
+}
+
+type Result<T> = std::result::Result<T, OAuthError>;
+
+/// SHA-256 of a refresh token, hex: all the Secret keeps of it.
+pub fn refresh_token_hash(token: &str) -> String {
+    Sha256::digest(token.as_bytes())
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+/// Compares two secrets in time that depends only on their lengths.
+pub fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    if a.len() != b.len() {
+        return false;
+    }
+    a.iter().zip(b).fold(0_u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+/// The granted scopes: `plugin` must be among them; unknown ones are refused.
+pub fn parse_scope(scope: Option<&str>) -> Result<(bool, String)> {
+    let Some(scope) = scope.map(str::trim).filter(|s| !s.is_empty()) else {
+        return Ok((true, format!("{SCOPE_PLUGIN},{SCOPE_REFRESH}")));
+    };
+    let mut refresh = false;
+    let mut plugin = false;
+    for item in scope.split([',', ' ']).filter(|s| !s.is_empty()) {
+        match item {
+            SCOPE_PLUGIN => plugin = true,
+            SCOPE_REFRESH => refresh = true,
+            other => {
+                return Err(OAuthError::new(
+                    400,
+                    "invalid_scope",
+                    format!("unknown scope {other:?}: only {SCOPE_PLUGIN} and {SCOPE_REFRESH}"),
+                ));
+            }
+        }
+    }
+    if !plugin {
+        return Err(OAuthError::new(
+            400,
+            "invalid_scope",
+            format!("the scope must include {SCOPE_PLUGIN}"),
+        ));
+    }
+    let granted = if refresh {
+        format!("{SCOPE_PLUGIN},{SCOPE_REFRESH}")
+    } else {
+        SCOPE_PLUGIN.to_owned()
+    };
+    Ok((refresh, granted))
+}
+
+/// The request's parameters: a form, or a JSON object.
+async fn parameters(headers: &HeaderMap, body: Bytes) -> Result<BTreeMap<String, String>> {
+    let content_type = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default()
+        .to_ascii_lowercase();
+    if content_type.starts_with("application/json") {
+        let value: Value = serde_json::from_slice(&body)
+            .map_err(|e| OAuthError::invalid_request(format!("malformed JSON: {e}")))?;
+        let Value::Object(object) = value else {
+            return Err(OAuthError::invalid_request(
+                "the body must be a JSON object",
+            ));
+        };
+        return Ok(object
+            .into_iter()
+            .filter_map(|(k, v)| match v {
+                Value::String(s) => Some((k, s)),
+                Value::Null => None,
+                other => Some((k, other.to_string())),
+            })
+            .collect());
+    }
+    let request = axum::http::Request::builder()
+        .method("POST")
+        .header(header::CONTENT_TYPE, "application/x-www-form-urlencoded")
+        .body(axum::body::Body::from(body))
+        .map_err(|e| OAuthError::invalid_request(e.to_string()))?;
+    let axum::Form(pairs) = axum::Form::<Vec<(String, String)>>::from_request(request, &())
+        .await
+        .map_err(|e| OAuthError::invalid_request(format!("malformed form body: {e}")))?;
+    Ok(pairs.into_iter().filter(|(_, v)| !v.is_empty()).collect())
+}
+
+/// The client id and secret: Basic auth, else the body's `client_id` and `client_secret`.
+fn client_credentials(
+    headers: &HeaderMap,
+    params: &BTreeMap<String, String>,
+) -> Result<(String, String)> {
+    if let Some(value) = headers.get(header::AUTHORIZATION) {
+        let value = value
+            .to_str()
+            .map_err(|_| OAuthError::invalid_client("the Authorization header is not text"))?;
+        let (scheme, encoded) = value.trim().split_once(' ').unwrap_or((value, ""));
+        if !scheme.eq_ignore_ascii_case("basic") {
+            return Err(OAuthError::invalid_client(
+                "the Authorization header must be `Basic base64(client_id:client_secret)`",
+            ));
+        }
+        let decoded = base64::engine::general_purpose::STANDARD
+            .decode(encoded.trim())
+            .ok()
+            .and_then(|b| String::from_utf8(b).ok())
+            .ok_or_else(|| OAuthError::invalid_client("the Basic credentials are not base64"))?;
+        let (id, secret) = decoded
+            .split_once(':')
+            .ok_or_else(|| OAuthError::invalid_client("the Basic credentials lack a `:`"))?;
+        return Ok((id.to_owned(), secret.to_owned()));
+    }
+    match (params.get("client_id"), params.get("client_secret")) {
+        (Some(id), Some(secret)) => Ok((id.clone(), secret.clone())),
+        _ => Err(OAuthError::invalid_client(
+            "no client credentials: send Basic auth or client_id and client_secret",
+        )),
+    }
+}
+
+/// The live refresh-token hashes of a credentials Secret, expired ones left out.
+fn refresh_tokens(secret: &Secret, now: i64) -> BTreeMap<String, i64> {
+    let stored: BTreeMap<String, i64> = secret
+        .data
+        .as_ref()
+        .and_then(|d| d.get(credentials::REFRESH_TOKENS))
+        .and_then(|b| serde_json::from_slice(&b.0).ok())
+        .unwrap_or_default();
+    stored.into_iter().filter(|(_, exp)| *exp > now).collect()
+}
+
+fn client_secret(secret: &Secret) -> Vec<u8> {
+    secret
+        .data
+        .as_ref()
+        .and_then(|d| d.get(credentials::CLIENT_SECRET))
+        .map(|b| b.0.clone())
+        .unwrap_or_default()
+}
+
+/// Get a plugin-scoped access token.
+///
+/// Client credentials (`grant_type=client_credentials`) with Basic auth or `client_id` and
+/// `client_secret` in the body; or a refresh (`grant_type=refresh_token`, `refresh_token`, and
+/// the client credentials again). A refresh answers a new refresh token and revokes the old.
+/// Errors are OAuth 2's: 401 `invalid_client`, 400 `invalid_request`, `invalid_grant`,
+/// `unsupported_grant_type`, `invalid_scope`.
+#[utoipa::path(
+    post,
+    path = "/a/auth/v0/token",
+    tag = "seed 003",
+    request_body(content = TokenForm, content_type = "application/x-www-form-urlencoded"),
+    responses(
+        (status = 200, body = TokenResponse),
+        (status = 400, body = OAuthError), (status = 401, body = OAuthError),
+        (status = 503, body = OAuthError),
+    ),
+    security((), ("basic" = []))
+)]
+pub async fn token(
+    State(state): State<ApiState>,
+    settings: Option<axum::Extension<Settings>>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    let settings = settings.map(|s| s.0).unwrap_or_default();
+    match issue(&state, settings, &headers, body).await {
+        Ok(answer) => {
+            let mut response = Json(answer).into_response();
+            let headers = response.headers_mut();
+            headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+            headers.insert(header::PRAGMA, HeaderValue::from_static("no-cache"));
+            response
+        }
+        Err(err) => err.into_response(),
+    }
+}
+
+async fn issue(
+    state: &ApiState,
+    settings: Settings,
+    headers: &HeaderMap,
+    body: Bytes,
+) -> Result<TokenResponse> {
+    if !state.is_ready() {
+        return Err(OAuthError::new(
+            503,
+            "temporarily_unavailable",
+            "the operator's caches are not synced yet",
+        ));
+    }
+    let params = parameters(headers, body).await?;
+    let grant = params
+        .get("grant_type")
+        .ok_or_else(|| OAuthError::invalid_request("grant_type is required"))?
+        .clone();
+    if grant != "client_credentials" && grant != "refresh_token" {
+        return Err(OAuthError::new(
+            400,
+            "unsupported_grant_type",
+            format!("{grant:?}: only client_credentials and refresh_token"),
+        ));
+    }
+    let (client_id, client_secret_sent) = client_credentials(headers, &params)?;
+    let (refresh, scope) = parse_scope(params.get("scope").map(String::as_str))?;
+    let refresh_token = if grant == "refresh_token" {
+        Some(
+            params
+                .get("refresh_token")
+                .ok_or_else(|| OAuthError::invalid_request("refresh_token is required"))?
+                .clone(),
+        )
+    } else {
+        None
+    };
+
+    let unknown = || OAuthError::invalid_client("unknown client or wrong secret");
+    let (namespace, name) = client_id.split_once('.').ok_or_else(unknown)?;
+    let install = state
+        .caches()
+        .installs
+        .state()
+        .into_iter()
+        .find(|i| i.namespace().as_deref() == Some(namespace) && i.name_any() == name)
+        .ok_or_else(unknown)?;
+    let secret = credentials_of(state, &install).await?;
+    if !constant_time_eq(client_secret_sent.as_bytes(), &client_secret(&secret)) {
+        tracing::info!(%namespace, install = %name, "token request with a wrong client secret");
+        return Err(unknown());
+    }
+
+    let now = state.now().as_second();
+    let new_refresh = refresh.then(random_secret);
+    if refresh_token.is_some() || new_refresh.is_some() {
+        store_refresh_token(
+            state,
+            &install,
+            secret,
+            refresh_token.as_deref(),
+            new_refresh.as_deref(),
+            now + settings.refresh_token_seconds,
+        )
+        .await?;
+    }
+    let issued = state
+        .backend()
+        .request_token(namespace, name, AUDIENCE, settings.access_token_seconds)
+        .await
+        .map_err(|e| OAuthError::from_api("TokenRequest for the install's ServiceAccount", &e))?;
+    tracing::info!(%namespace, install = %name, grant = %grant, "plugin token issued");
+    Ok(TokenResponse {
+        token_type: "Bearer",
+        access_token: issued.token,
+        expires_in: settings.access_token_seconds,
+        refresh_token_expires_in: new_refresh.as_ref().map(|_| settings.refresh_token_seconds),
+        refresh_token: new_refresh,
+        scope,
+    })
+}
+
+/// The install's credentials Secret (rotated first if its annotation asks).
+async fn credentials_of(state: &ApiState, install: &PluginInstall) -> Result<Secret> {
+    let failed = |e: crate::reconcile::Error| {
+        OAuthError::from_api(
+            "reading the credentials",
+            &ApiError::from_kube("Secret", &e),
+        )
+    };
+    match state.plugin_of(install) {
+        Some(plugin) => ensure_credentials(state.client(), install, &plugin.name_any())
+            .await
+            .map_err(failed),
+        None => {
+            let api: Api<Secret> = Api::namespaced(
+                state.client().clone(),
+                &install.namespace().unwrap_or_default(),
+            );
+            with_timeout(api.get_opt(&build::credentials_secret_name(&install.name_any())))
+                .await
+                .map_err(failed)?
+                .ok_or_else(|| OAuthError::invalid_client("unknown client or wrong secret"))
+        }
+    }
+}
+
+/// Consumes `old` (a refresh; `invalid_grant` when unknown or expired) and records `new`,
+/// pruning expired ones, with the Secret's resourceVersion (retried on a conflict).
+async fn store_refresh_token(
+    state: &ApiState,
+    install: &PluginInstall,
+    mut secret: Secret,
+    old: Option<&str>,
+    new: Option<&str>,
+    expires: i64,
+) -> Result<()> {
+    let api: Api<Secret> = Api::namespaced(
+        state.client().clone(),
+        &install.namespace().unwrap_or_default(),
+    );
+    let name = build::credentials_secret_name(&install.name_any());
+    let failed = |e: crate::reconcile::Error| {
+        OAuthError::from_api(
+            "storing the refresh token",
+            &ApiError::from_kube("Secret", &e),
+        )
+    };
+    for _ in 0..5 {
+        let now = state.now().as_second();
+        let mut tokens = refresh_tokens(&secret, now);
+        if let Some(old) = old
+            && tokens.remove(&refresh_token_hash(old)).is_none()
+        {
+            return Err(OAuthError::invalid_grant(
+                "the refresh token is unknown, expired or revoked",
+            ));
+        }
+        if let Some(new) = new {
+            tokens.insert(refresh_token_hash(new), expires);
+        }
+        let encoded = serde_json::to_vec(&tokens).unwrap_or_default();
+        secret
+            .data
+            .get_or_insert_with(Default::default)
+            .insert(credentials::REFRESH_TOKENS.to_owned(), ByteString(encoded));
+        let params = PostParams {
+            field_manager: Some(build::FIELD_MANAGER.to_owned()),
+            ..Default::default()
+        };
+        match with_timeout(api.replace(&name, &params, &secret)).await {
+            Ok(_) => return Ok(()),
+            Err(crate::reconcile::Error::Kube(kube::Error::Api(status))) if status.code == 409 => {
+                secret = with_timeout(api.get(&name)).await.map_err(failed)?;
+            }
+            Err(err) => return Err(failed(err)),
+        }
+    }
+    Err(OAuthError::new(
+        503,
+        "temporarily_unavailable",
+        "the credentials changed concurrently; try again",
+    ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn scopes() {
+        assert_eq!(
+            parse_scope(None).map(|s| s.0).ok(),
+            Some(true),
+            "both by default"
+        );
+        assert_eq!(
+            parse_scope(Some("plugin,token.refresh")).ok(),
+            Some((true, "plugin,token.refresh".to_owned()))
+        );
+        assert_eq!(
+            parse_scope(Some("plugin")).ok(),
+            Some((false, "plugin".to_owned()))
+        );
+        assert_eq!(
+            parse_scope(Some("token.refresh plugin")).map(|s| s.0).ok(),
+            Some(true)
+        );
+        for bad in ["admin", "token.refresh", "plugin,admin"] {
+            assert_eq!(
+                parse_scope(Some(bad)).map(|_| ()).expect_err(bad).error,
+                "invalid_scope"
+            );
+        }
+    }
+
+    #[test]
+    fn secrets_compare_and_hash() {
+        assert!(constant_time_eq(b"abc", b"abc"));
+        assert!(!constant_time_eq(b"abc", b"abd"));
+        assert!(!constant_time_eq(b"abc", b"ab"));
+        let hash = refresh_token_hash("token");
+        assert_eq!(hash.len(), 64);
+        assert!(!hash.contains("token"));
+    }
+
+    #[test]
+    fn basic_auth_wins_over_the_body() {
+        let mut headers = HeaderMap::new();
+        let params = BTreeMap::from([
+            ("client_id".to_owned(), "ns.b".to_owned()),
+            ("client_secret".to_owned(), "s2".to_owned()),
+        ]);
+        assert_eq!(
+            client_credentials(&headers, &params).ok(),
+            Some(("ns.b".to_owned(), "s2".to_owned()))
+        );
+        let basic = base64::engine::general_purpose::STANDARD.encode("ns.a:s1");
+        headers.insert(
+            header::AUTHORIZATION,
+            HeaderValue::from_str(&format!("Basic {basic}")).expect("header"),
+        );
+        assert_eq!(
+            client_credentials(&headers, &params).ok(),
+            Some(("ns.a".to_owned(), "s1".to_owned()))
+        );
+        headers.insert(header::AUTHORIZATION, HeaderValue::from_static("Bearer x"));
+        assert_eq!(
+            client_credentials(&headers, &params)
+                .expect_err("bearer")
+                .status,
+            401
+        );
+        assert_eq!(
+            client_credentials(&HeaderMap::new(), &BTreeMap::new())
+                .expect_err("none")
+                .error,
+            "invalid_client"
+        );
+    }
+
+    #[test]
+    fn expired_refresh_tokens_are_dropped() {
+        let tokens = serde_json::to_vec(&BTreeMap::from([("a", 10), ("b", 30)])).expect("json");
+        let secret = Secret {
+            data: Some(BTreeMap::from([(
+                credentials::REFRESH_TOKENS.to_owned(),
+                ByteString(tokens),
+            )])),
+            ..Default::default()
+        };
+        assert_eq!(
+            refresh_tokens(&secret, 20),
+            BTreeMap::from([("b".to_owned(), 30)])
+        );
+    }
+}
