@@ -336,32 +336,38 @@ pub async fn put_config(
     let install = caller
         .install(&state, "installId", &id, "patch", "plugininstalls")
         .await?;
-    let items = json_object(request).await?;
-    let current = fresh_install(&state, &install).await?;
-    let mut merged = config_of(&current);
-    let items = Value::Object(items);
-    json_patch::merge(&mut merged, &items);
-    if let Some(schema) = config_schema(&state, &current) {
-        check_config(&schema, &merged)?;
-    }
-    let api: Api<PluginInstall> = Api::namespaced(
-        state.client().clone(),
-        &current.namespace().unwrap_or_default(),
-    );
-    let patch = json!({
-        "metadata": {"resourceVersion": current.resource_version()},
-        "spec": {"config": items},
-    });
+    let items = Value::Object(json_object(request).await?);
     let params = PatchParams {
         field_manager: Some(FIELD_MANAGER.to_owned()),
         ..Default::default()
     };
-    let patched = with_timeout(api.patch(&current.name_any(), &params, &Patch::Merge(&patch)))
-        .await
-        .map_err(kube_failed("patch PluginInstall"))?;
-    Ok(Json(Data {
-        data: config_of(&patched),
-    }))
+    // The status changes often: a conflict on the resourceVersion means "read and check again".
+    for _ in 0..5 {
+        let current = fresh_install(&state, &install).await?;
+        let mut merged = config_of(&current);
+        json_patch::merge(&mut merged, &items);
+        if let Some(schema) = config_schema(&state, &current) {
+            check_config(&schema, &merged)?;
+        }
+        let api: Api<PluginInstall> = Api::namespaced(
+            state.client().clone(),
+            &current.namespace().unwrap_or_default(),
+        );
+        let patch = json!({
+            "metadata": {"resourceVersion": current.resource_version()},
+            "spec": {"config": items},
+        });
+        match with_timeout(api.patch(&current.name_any(), &params, &Patch::Merge(&patch))).await {
+            Ok(patched) => {
+                return Ok(Json(Data {
+                    data: config_of(&patched),
+                }));
+            }
+            Err(crate::reconcile::Error::Kube(kube::Error::Api(status))) if status.code == 409 => {}
+            Err(err) => return Err(kube_failed("patch PluginInstall")(err)),
+        }
+    }
+    Err(ApiError::Conflict("the install changed concurrently too often; send again".into()).into())
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -600,7 +606,7 @@ pub async fn storage(
         field_manager: Some(FIELD_MANAGER.to_owned()),
         ..Default::default()
     };
-    for _ in 0..8 {
+    for _ in 0..20 {
         let existing = with_timeout(api.get_opt(&name))
             .await
             .map_err(kube_failed("get the storage ConfigMap"))?;
