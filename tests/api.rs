@@ -11,7 +11,10 @@ use k8s_openapi::api::{
     core::v1::{ResourceQuota, ServiceAccount},
     rbac::v1::{Role, RoleBinding},
 };
-use kube::{Api, Client, Resource, ResourceExt, api::PostParams};
+use kube::{
+    Api, Client, Resource, ResourceExt,
+    api::{Patch, PatchParams, PostParams},
+};
 use plugin_operator::resources::{Phase, Plugin, PluginInstall};
 use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
@@ -913,6 +916,14 @@ async fn a_quota_on_the_plugin_count_is_a_tenant_limit() {
     let client = setup().await;
     let ns = namespace(&client, "api-quota").await;
     let token = caller(&client, &ns.name, "registrar", &["plugins"], &["create"]).await;
+    let collection = format!("/v1/accounts/{}/plugins", ns.name);
+    let first = post(
+        &collection,
+        &token,
+        json!({"name": "one", "spec": {"type": "App"}}),
+    )
+    .await;
+    expect(&first, StatusCode::OK);
     let _: ResourceQuota = create(
         &client,
         &ns.name,
@@ -922,27 +933,32 @@ async fn a_quota_on_the_plugin_count_is_a_tenant_limit() {
         }),
     )
     .await;
+    // Until the quota controller has counted, the API server refuses creates ("status unknown
+    // for quota"). It counts a custom resource only once its discovery (every 30 s) knows the
+    // CRD, and then only at its next full resync (5 min) or when the quota's spec changes: so
+    // change the spec (a key that limits nothing here) every few seconds until it has counted.
     let quotas: Api<ResourceQuota> = Api::namespaced(client.clone(), &ns.name);
-    // The quota controller counts a custom resource once its discovery (every 30 s) knows the
-    // CRD: on a fresh cluster that can take a while.
+    let polls = std::sync::atomic::AtomicUsize::new(0);
     wait_until("the quota counted", 3 * DEADLINE, || async {
         let quota = quotas.get("plugins").await.map_err(|e| e.to_string())?;
         let used = quota.status.and_then(|s| s.used).unwrap_or_default();
-        if used.contains_key("count/plugins.plugin-operator.dev") {
-            Ok(())
-        } else {
-            Err(format!("used: {used:?}"))
+        if used
+            .get("count/plugins.plugin-operator.dev")
+            .is_some_and(|count| count.0 == "1")
+        {
+            return Ok(());
         }
+        let poll = polls.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        if poll % 25 == 24 {
+            let nudge = json!({"spec": {"hard": {"count/configmaps": if (poll / 25) % 2 == 0 { json!("1000") } else { Value::Null }}}});
+            quotas
+                .patch("plugins", &PatchParams::default(), &Patch::Merge(&nudge))
+                .await
+                .map_err(|e| e.to_string())?;
+        }
+        Err(format!("used: {used:?}"))
     })
     .await;
-    let collection = format!("/v1/accounts/{}/plugins", ns.name);
-    let first = post(
-        &collection,
-        &token,
-        json!({"name": "one", "spec": {"type": "App"}}),
-    )
-    .await;
-    expect(&first, StatusCode::OK);
     let second = post(
         &collection,
         &token,

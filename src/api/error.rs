@@ -113,6 +113,13 @@ impl ApiError {
                     403 if status.message.contains("exceeded quota") => {
                         Self::LimitExceeded(message)
                     }
+                    // A new quota the controller has not counted yet: it will.
+                    403 if status.message.contains("status unknown for quota") => {
+                        Self::Unavailable {
+                            message,
+                            retry_after: 10,
+                        }
+                    }
                     // The API server's own validation of what the caller sent.
                     400 | 422 => Self::invalid("body", status.message.clone()),
                     429 | 503 | 504 => Self::Unavailable {
@@ -188,6 +195,14 @@ mod tests {
                     "plugins.plugin-operator.dev \"b\" is forbidden: exceeded quota: limit, requested: count/plugins.plugin-operator.dev=1",
                 ),
                 StatusCode::UNPROCESSABLE_ENTITY,
+            ),
+            (
+                api(
+                    403,
+                    "Forbidden",
+                    "plugins.plugin-operator.dev \"b\" is forbidden: status unknown for quota: plugins",
+                ),
+                StatusCode::SERVICE_UNAVAILABLE,
             ),
             (
                 api(403, "Forbidden", "the operator may not"),
