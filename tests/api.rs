@@ -950,7 +950,12 @@ async fn a_quota_on_the_plugin_count_is_a_tenant_limit() {
         }
         let poll = polls.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         if poll % 25 == 24 {
-            let nudge = json!({"spec": {"hard": {"count/configmaps": if (poll / 25) % 2 == 0 { json!("1000") } else { Value::Null }}}});
+            let limit = if (poll / 25).is_multiple_of(2) {
+                json!("1000")
+            } else {
+                Value::Null
+            };
+            let nudge = json!({"spec": {"hard": {"count/configmaps": limit}}});
             quotas
                 .patch("plugins", &PatchParams::default(), &Patch::Merge(&nudge))
                 .await
