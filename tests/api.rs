@@ -836,6 +836,8 @@ async fn plugins_are_registered_listed_read_and_deleted() {
     // Unknown and malformed ids.
     let unknown = get("/v1/plugins/00000000-0000-0000-0000-000000000000", &token).await;
     expect_001(&unknown, StatusCode::NOT_FOUND, "NOT_FOUND");
+    let unknown = delete("/v1/plugins/00000000-0000-0000-0000-000000000000", &token).await;
+    expect_001(&unknown, StatusCode::NOT_FOUND, "NOT_FOUND");
     let bad = get("/v1/plugins/not-an-id", &token).await;
     expect_001(&bad, StatusCode::BAD_REQUEST, "BAD_REQUEST");
     assert!(errors_of(&bad)[0].starts_with("plugin_id:"), "{bad:?}");
@@ -1164,6 +1166,18 @@ async fn a_config_is_validated_before_it_is_stored() {
         Some(Body::Raw("[1]")),
     )
     .await;
+    expect_002(&answer, StatusCode::BAD_REQUEST, "bad_request");
+    let answer = patch("/plugins/not-an-id/config", &token, json!({})).await;
+    expect_002(&answer, StatusCode::BAD_REQUEST, "bad_request");
+    assert_eq!(answer.body["metadata"]["field"], "id", "{answer:?}");
+    let answer = patch(
+        "/plugins/00000000-0000-0000-0000-000000000000/config",
+        &token,
+        json!({}),
+    )
+    .await;
+    expect_002(&answer, StatusCode::NOT_FOUND, "not_found");
+    let answer = get("/plugins?namespace=Not_A_Namespace", &token).await;
     expect_002(&answer, StatusCode::BAD_REQUEST, "bad_request");
     let unchanged = get_install(&client, &ns.name, "echo").await;
     assert_eq!(
