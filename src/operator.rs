@@ -59,10 +59,7 @@ pub async fn run(args: RunArgs) -> Result<(), RunError> {
     let metrics = Metrics::register(&mut registry);
     let admin_state = admin::AdminState::new(registry);
 
-    let (caches, subscriptions, drivers) = Caches::new(&client, &scope, reconcile::SUBSCRIBERS);
-    for driver in drivers {
-        tokio::spawn(driver);
-    }
+    let (caches, feeds, drivers) = Caches::new(&client, &scope);
 
     let identity = args.identity.clone();
     let (leader, election, _always) = if args.no_leader_election {
@@ -139,7 +136,12 @@ pub async fn run(args: RunArgs) -> Result<(), RunError> {
         }
     };
     tokio::spawn(readiness);
-    let controllers = tokio::spawn(reconcile::run(ctx, subscriptions));
+    // Subscribe the controllers before the watches start, so they see the first lists.
+    let controllers = reconcile::run(ctx, feeds);
+    for driver in drivers {
+        tokio::spawn(driver);
+    }
+    let controllers = tokio::spawn(controllers);
 
     let (admin_served, api_served) =
         tokio::join!(admin_server.into_future(), api_server.into_future());

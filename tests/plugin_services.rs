@@ -16,7 +16,6 @@ use kube::{
 };
 use plugin_operator::{
     api::{self, seed003::Settings},
-    reconcile::SUBSCRIBERS,
     resources::{Phase, PluginInstall, PluginJob},
     runtime::cache::{Caches, Scope},
 };
@@ -257,7 +256,7 @@ async fn assert_not_leaked(client: &Client, namespace: &str, secrets: &[String])
 
 /// A second API instance in this process (its own caches), with other token lifetimes.
 async fn second_api(client: &Client, settings: Settings) -> SocketAddr {
-    let (caches, _subscriptions, drivers) = Caches::new(client, &Scope::AllNamespaces, SUBSCRIBERS);
+    let (caches, _feeds, drivers) = Caches::new(client, &Scope::AllNamespaces);
     for driver in drivers {
         tokio::spawn(driver);
     }

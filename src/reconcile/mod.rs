@@ -211,21 +211,10 @@ fn install_of_child<K: Resource>(child: &K) -> Option<ObjectRef<PluginInstall>> 
     Some(ObjectRef::new(name).within(&child.namespace().unwrap_or_default()))
 }
 
-/// Runs the three controllers until the process stops. They follow the shared caches (and the
-/// deletions the caches announce); only the Lease holder acts (the reconcilers check
-/// [`LeaderState`]), and on gaining the lease every object is reconciled.
-pub async fn run(ctx: Arc<Context>, subscriptions: cache::Subscriptions) {
-    let cache::Subscriptions {
-        mut installs,
-        mut plugins,
-        mut versions,
-        deployments,
-        pods,
-        install_deletions,
-        plugin_deletions,
-        version_deletions,
-        deployment_deletions,
-    } = subscriptions;
+/// The three controllers, subscribed to the caches' feeds now (so call it before the watches
+/// start); the future runs them until the process stops. Only the Lease holder acts (the
+/// reconcilers check [`LeaderState`]), and on gaining the lease every object is reconciled.
+pub fn run(ctx: Arc<Context>, feeds: cache::Feeds) -> impl Future<Output = ()> + Send + 'static {
     let caches = ctx.caches.clone();
     let config = controller::Config::default()
         .concurrency(8)
@@ -242,23 +231,24 @@ pub async fn run(ctx: Arc<Context>, subscriptions: cache::Subscriptions) {
             relations.clone(),
             relations.clone(),
         );
-        Controller::for_shared_stream(pop(&mut installs), caches.installs.clone())
+        Controller::for_stream(feeds.installs.applied(), caches.installs.clone())
             .with_config(config.clone())
-            .owns_shared_stream(deployments)
-            .watches_stream(deployment_deletions.stream(), |d: Deployment| {
+            .owns_stream(feeds.deployments.applied())
+            .watches_stream(feeds.deployments.deleted(), |d: Deployment| {
                 install_of_child(&d)
             })
-            .watches_shared_stream(pods, |pod: Arc<Pod>| install_of_child(&*pod))
-            .watches_shared_stream(pop(&mut versions), move |v: Arc<PluginVersion>| {
+            .watches_stream(feeds.pods.applied(), |pod: Pod| install_of_child(&pod))
+            .watches_stream(feeds.pods.deleted(), |pod: Pod| install_of_child(&pod))
+            .watches_stream(feeds.versions.applied(), move |v: PluginVersion| {
                 r1.installs_of_plugin(&v.namespace().unwrap_or_default(), &v.spec.plugin)
             })
-            .watches_stream(version_deletions.stream(), move |v: PluginVersion| {
+            .watches_stream(feeds.versions.deleted(), move |v: PluginVersion| {
                 r2.installs_of_plugin(&v.namespace().unwrap_or_default(), &v.spec.plugin)
             })
-            .watches_shared_stream(pop(&mut plugins), move |p: Arc<Plugin>| {
+            .watches_stream(feeds.plugins.applied(), move |p: Plugin| {
                 r3.installs_of_plugin(&p.namespace().unwrap_or_default(), &p.name_any())
             })
-            .watches_stream(plugin_deletions.stream(), move |p: Plugin| {
+            .watches_stream(feeds.plugins.deleted(), move |p: Plugin| {
                 r4.installs_of_plugin(&p.namespace().unwrap_or_default(), &p.name_any())
             })
             .reconcile_all_on(ctx.leader.gained())
@@ -272,18 +262,18 @@ pub async fn run(ctx: Arc<Context>, subscriptions: cache::Subscriptions) {
 
     let plugin_controller = {
         let (r1, r2) = (relations.clone(), relations.clone());
-        Controller::for_shared_stream(pop(&mut plugins), caches.plugins.clone())
+        Controller::for_stream(feeds.plugins.applied(), caches.plugins.clone())
             .with_config(config.clone())
-            .watches_shared_stream(pop(&mut versions), |v: Arc<PluginVersion>| {
+            .watches_stream(feeds.versions.applied(), |v: PluginVersion| {
                 Some(plugin_of_version(&v))
             })
-            .watches_stream(version_deletions.stream(), |v: PluginVersion| {
+            .watches_stream(feeds.versions.deleted(), |v: PluginVersion| {
                 Some(plugin_of_version(&v))
             })
-            .watches_shared_stream(pop(&mut installs), move |i: Arc<PluginInstall>| {
+            .watches_stream(feeds.installs.applied(), move |i: PluginInstall| {
                 r1.plugin_of_install(&i)
             })
-            .watches_stream(install_deletions.stream(), move |i: PluginInstall| {
+            .watches_stream(feeds.installs.deleted(), move |i: PluginInstall| {
                 r2.plugin_of_install(&i)
             })
             .reconcile_all_on(ctx.leader.gained())
@@ -297,16 +287,16 @@ pub async fn run(ctx: Arc<Context>, subscriptions: cache::Subscriptions) {
 
     let version_controller = {
         let (r1, r2, r3) = (relations.clone(), relations.clone(), relations.clone());
-        Controller::for_shared_stream(pop(&mut versions), caches.versions.clone())
+        Controller::for_stream(feeds.versions.applied(), caches.versions.clone())
             .with_config(config)
-            .watches_shared_stream(pop(&mut plugins), move |p: Arc<Plugin>| {
+            .watches_stream(feeds.plugins.applied(), move |p: Plugin| {
                 r1.versions_of_plugin(&p.namespace().unwrap_or_default(), &p.name_any())
             })
             // An install's versions changed, or it went: the versions it used may be freed.
-            .watches_shared_stream(pop(&mut installs), move |i: Arc<PluginInstall>| {
+            .watches_stream(feeds.installs.applied(), move |i: PluginInstall| {
                 r2.versions_of_install(&i)
             })
-            .watches_stream(install_deletions.stream(), move |i: PluginInstall| {
+            .watches_stream(feeds.installs.deleted(), move |i: PluginInstall| {
                 r3.versions_of_install(&i)
             })
             .reconcile_all_on(ctx.leader.gained())
@@ -318,17 +308,9 @@ pub async fn run(ctx: Arc<Context>, subscriptions: cache::Subscriptions) {
             .for_each(|_| futures::future::ready(()))
     };
 
-    tokio::join!(install_controller, plugin_controller, version_controller);
-}
-
-/// Number of subscriptions of each custom kind [`run`] uses.
-pub const SUBSCRIBERS: usize = 3;
-
-fn pop<K: Clone>(subs: &mut Vec<K>) -> K {
-    // `Caches::new` made SUBSCRIBERS handles of each kind; running out is a bug here, not input.
-    #[allow(clippy::expect_used)]
-    subs.pop()
-        .expect("enough subscriptions for every controller")
+    async move {
+        tokio::join!(install_controller, plugin_controller, version_controller);
+    }
 }
 
 type ReconcileFuture = std::pin::Pin<Box<dyn Future<Output = Result<Action, Error>> + Send>>;

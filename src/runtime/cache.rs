@@ -13,7 +13,7 @@ use kube::{
     core::PartialObjectMeta,
     runtime::{
         WatchStreamExt,
-        reflector::{self, ReflectHandle, Store},
+        reflector::{self, Store},
         watcher,
     },
 };
@@ -26,7 +26,8 @@ use crate::resources::{Plugin, PluginInstall, PluginVersion};
 const READY_POLL: std::time::Duration = std::time::Duration::from_millis(100);
 
 /// Events a subscriber may lag behind before the watch waits for it.
-const SUBSCRIBER_BUFFER: usize = 1024;
+/// Changes a controller may lag behind its feed before it loses some.
+const FEED_BUFFER: usize = 4096;
 
 /// Which namespaces the operator watches.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -62,39 +63,81 @@ pub struct Caches {
     pub config_maps: Store<PartialObjectMeta<ConfigMap>>,
 }
 
-/// Change streams of the cached kinds, for the controllers' triggers.
-pub struct Subscriptions {
-    pub installs: Vec<ReflectHandle<PluginInstall>>,
-    pub plugins: Vec<ReflectHandle<Plugin>>,
-    pub versions: Vec<ReflectHandle<PluginVersion>>,
-    pub deployments: ReflectHandle<Deployment>,
-    pub pods: ReflectHandle<Pod>,
-    pub install_deletions: Deletions<PluginInstall>,
-    pub plugin_deletions: Deletions<Plugin>,
-    pub version_deletions: Deletions<PluginVersion>,
-    pub deployment_deletions: Deletions<Deployment>,
+/// Change feeds of the cached kinds, for the controllers' triggers.
+#[derive(Clone)]
+pub struct Feeds {
+    pub installs: Feed<PluginInstall>,
+    pub plugins: Feed<Plugin>,
+    pub versions: Feed<PluginVersion>,
+    pub deployments: Feed<Deployment>,
+    pub pods: Feed<Pod>,
 }
 
-/// Objects as they were when they were deleted. Shared watch streams announce only changes,
-/// yet a deletion matters too: a Plugin's install count drops, a version in use is freed, a
-/// deleted Deployment is made again.
-pub struct Deletions<K> {
-    sender: tokio::sync::broadcast::Sender<K>,
+/// The objects a watch saw change or go, as they were then.
+///
+/// kube's shared-store subscriptions (`ReflectHandle`) look each changed object up in the store
+/// when they are polled; one that was deleted in between leaves the stream pending without a
+/// wake-up, and the controller never hears from that kind again. A feed hands out the objects
+/// themselves, and deletions too (a Plugin's install count drops, a version in use is freed, a
+/// deleted Deployment is made again).
+pub struct Feed<K> {
+    applied: tokio::sync::broadcast::Sender<K>,
+    deleted: tokio::sync::broadcast::Sender<K>,
 }
 
-impl<K: Clone> Default for Deletions<K> {
-    fn default() -> Self {
+impl<K> Clone for Feed<K> {
+    fn clone(&self) -> Self {
         Self {
-            sender: tokio::sync::broadcast::channel(SUBSCRIBER_BUFFER).0,
+            applied: self.applied.clone(),
+            deleted: self.deleted.clone(),
         }
     }
 }
 
-impl<K: Clone + Send + 'static> Deletions<K> {
-    /// Deletions from now on, as a trigger stream for a controller.
-    pub fn stream(&self) -> impl Stream<Item = Result<K, watcher::Error>> + Send + 'static {
-        tokio_stream::wrappers::BroadcastStream::new(self.sender.subscribe())
-            .filter_map(|deleted| futures::future::ready(deleted.ok().map(Ok)))
+impl<K: Clone> Default for Feed<K> {
+    fn default() -> Self {
+        Self {
+            applied: tokio::sync::broadcast::channel(FEED_BUFFER).0,
+            deleted: tokio::sync::broadcast::channel(FEED_BUFFER).0,
+        }
+    }
+}
+
+impl<K: Clone + Send + 'static> Feed<K> {
+    /// Objects created or changed from now on (the first list included, when subscribed before
+    /// the watch starts), as a controller's trigger stream.
+    pub fn applied(&self) -> impl Stream<Item = Result<K, watcher::Error>> + Send + 'static {
+        Self::stream(self.applied.subscribe())
+    }
+
+    /// Objects deleted from now on.
+    pub fn deleted(&self) -> impl Stream<Item = Result<K, watcher::Error>> + Send + 'static {
+        Self::stream(self.deleted.subscribe())
+    }
+
+    fn stream(
+        receiver: tokio::sync::broadcast::Receiver<K>,
+    ) -> impl Stream<Item = Result<K, watcher::Error>> + Send + 'static {
+        tokio_stream::wrappers::BroadcastStream::new(receiver).filter_map(|received| {
+            if received.is_err() {
+                // Lagged: triggers were lost; the periodic resync of each object covers them.
+                tracing::warn!("a controller fell behind its watch feed");
+            }
+            futures::future::ready(received.ok().map(Ok))
+        })
+    }
+
+    fn publish(&self, event: &watcher::Event<K>) {
+        // Nobody listening is fine: then nobody needs to know.
+        match event {
+            watcher::Event::Apply(object) | watcher::Event::InitApply(object) => {
+                let _ = self.applied.send(object.clone());
+            }
+            watcher::Event::Delete(object) => {
+                let _ = self.deleted.send(object.clone());
+            }
+            watcher::Event::Init | watcher::Event::InitDone => {}
+        }
     }
 }
 
@@ -102,13 +145,9 @@ impl<K: Clone + Send + 'static> Deletions<K> {
 pub type Drivers = Vec<Pin<Box<dyn Future<Output = ()> + Send>>>;
 
 impl Caches {
-    /// Starts nothing by itself: returns the caches, the subscriptions (`subscribers` of each
-    /// custom kind) and the drivers to spawn.
-    pub fn new(
-        client: &Client,
-        scope: &Scope,
-        subscribers: usize,
-    ) -> (Self, Subscriptions, Drivers) {
+    /// Starts nothing by itself: returns the caches, their change feeds and the drivers to
+    /// spawn (subscribe to the feeds before spawning them, to see the first lists too).
+    pub fn new(client: &Client, scope: &Scope) -> (Self, Feeds, Drivers) {
         let owned = watcher::Config::default().labels(&format!(
             "{}={}",
             labels::MANAGED_BY,
@@ -116,27 +155,14 @@ impl Caches {
         ));
         let mut drivers: Drivers = Vec::new();
 
-        let (installs, install_subs, install_deletions) = shared(
-            scope.api(client),
-            watcher::Config::default(),
-            subscribers,
-            &mut drivers,
-        );
-        let (plugins, plugin_subs, plugin_deletions) = shared(
-            scope.api(client),
-            watcher::Config::default(),
-            subscribers,
-            &mut drivers,
-        );
-        let (versions, version_subs, version_deletions) = shared(
-            scope.api(client),
-            watcher::Config::default(),
-            subscribers,
-            &mut drivers,
-        );
-        let (deployments, mut deployment_subs, deployment_deletions) =
-            shared(scope.api(client), owned.clone(), 1, &mut drivers);
-        let (pods, mut pod_subs, _) = shared(scope.api(client), owned.clone(), 1, &mut drivers);
+        let (installs, install_feed) =
+            shared(scope.api(client), watcher::Config::default(), &mut drivers);
+        let (plugins, plugin_feed) =
+            shared(scope.api(client), watcher::Config::default(), &mut drivers);
+        let (versions, version_feed) =
+            shared(scope.api(client), watcher::Config::default(), &mut drivers);
+        let (deployments, deployment_feed) = shared(scope.api(client), owned.clone(), &mut drivers);
+        let (pods, pod_feed) = shared(scope.api(client), owned.clone(), &mut drivers);
         let services = metadata_only::<Service>(scope.api(client), owned.clone(), &mut drivers);
         let service_accounts =
             metadata_only::<ServiceAccount>(scope.api(client), owned.clone(), &mut drivers);
@@ -152,18 +178,14 @@ impl Caches {
             service_accounts,
             config_maps,
         };
-        let subscriptions = Subscriptions {
-            installs: install_subs,
-            plugins: plugin_subs,
-            versions: version_subs,
-            deployments: deployment_subs.remove(0),
-            pods: pod_subs.remove(0),
-            install_deletions,
-            plugin_deletions,
-            version_deletions,
-            deployment_deletions,
+        let feeds = Feeds {
+            installs: install_feed,
+            plugins: plugin_feed,
+            versions: version_feed,
+            deployments: deployment_feed,
+            pods: pod_feed,
         };
-        (caches, subscriptions, drivers)
+        (caches, feeds, drivers)
     }
 
     /// Resolves once every cache has its first full list.
@@ -194,35 +216,26 @@ fn drop_managed_fields<K: Resource>(object: &mut K) {
     object.managed_fields_mut().clear();
 }
 
-fn shared<K>(
-    api: Api<K>,
-    config: watcher::Config,
-    subscribers: usize,
-    drivers: &mut Drivers,
-) -> (Store<K>, Vec<ReflectHandle<K>>, Deletions<K>)
+fn shared<K>(api: Api<K>, config: watcher::Config, drivers: &mut Drivers) -> (Store<K>, Feed<K>)
 where
     K: Resource + Clone + DeserializeOwned + Debug + Send + Sync + 'static,
     K::DynamicType: Default + Eq + std::hash::Hash + Clone + Send + Sync,
 {
-    let (reader, writer) = reflector::store_shared(SUBSCRIBER_BUFFER);
-    let subs = (0..subscribers)
-        .filter_map(|_| writer.subscribe())
-        .collect();
+    let (reader, writer) = reflector::store();
     let kind = K::kind(&K::DynamicType::default()).into_owned();
-    let deletions = Deletions::default();
-    let announce = deletions.sender.clone();
+    let feed = Feed::default();
+    let publisher = feed.clone();
     let stream = watcher(api, config)
         .default_backoff()
         .modify(drop_managed_fields)
+        .reflect(writer)
         .inspect(move |event| {
-            if let Ok(watcher::Event::Delete(object)) = event {
-                // Nobody listening is fine: then nobody needs to know.
-                let _ = announce.send(object.clone());
+            if let Ok(event) = event {
+                publisher.publish(event);
             }
-        })
-        .reflect_shared(writer);
+        });
     drivers.push(drive(stream, kind).boxed());
-    (reader, subs, deletions)
+    (reader, feed)
 }
 
 fn metadata_only<K>(
