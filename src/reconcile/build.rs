@@ -319,6 +319,8 @@ fn pod_template(
         name: "credentials".into(),
         secret: Some(SecretVolumeSource {
             secret_name: Some(credentials_secret_name(&name)),
+            // The pods start even before the Secret exists (it is filled in when it appears).
+            optional: Some(true),
             items: Some(
                 [credentials::CLIENT_ID, credentials::CLIENT_SECRET]
                     .into_iter()
@@ -756,6 +758,7 @@ mod tests {
             .and_then(|v| v.secret.as_ref())
             .expect("a Secret volume");
         assert_eq!(volume.secret_name.as_deref(), Some("billing-credentials"));
+        assert_eq!(volume.optional, Some(true));
         let keys: Vec<_> = volume
             .items
             .iter()

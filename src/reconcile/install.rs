@@ -91,8 +91,12 @@ pub async fn reconcile(install: Arc<PluginInstall>, ctx: Arc<Context>) -> Result
     }
     let install = ctx.recent.installs.fresh(install);
     let world = fetch(&install, &ctx).await?;
-    if let Ok(plugin) = &world.plugin {
-        ensure_credentials(&ctx.client, &install, &plugin.name_any()).await?;
+    // Seed 003 credentials. Not fatal: without them (e.g. RBAC without `create secrets`) the
+    // plugin still runs (the volume is optional); the next reconcile tries again.
+    if let Ok(plugin) = &world.plugin
+        && let Err(err) = ensure_credentials(&ctx.client, &install, &plugin.name_any()).await
+    {
+        tracing::warn!(install = %install.name_any(), namespace = ?install.namespace(), error = %err, "cannot create or rotate the credentials Secret");
     }
     let plan = plan(&world);
     tracing::debug!(
