@@ -794,7 +794,7 @@ async fn api_caller(client: &kube::Client, namespace: &str) -> String {
             "apiVersion": "rbac.authorization.k8s.io/v1", "kind": "Role",
             "metadata": {"name": "tenant"},
             "rules": [{"apiGroups": ["plugin-operator.dev"],
-                       "resources": ["plugins", "plugininstalls"],
+                       "resources": ["plugins", "plugininstalls", "pluginjobs"],
                        "verbs": ["get", "list", "create", "patch", "delete"]}]
         }),
     )
@@ -966,7 +966,7 @@ async fn rendered_manifest_installs_and_its_rbac_runs_the_operator() {
     create::<Secret>(
         &client,
         &ns.name,
-        json!({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "echo-credentials"},
+        json!({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "echo-config"},
                "stringData": {"apiKey": "s3cret"}}),
     )
     .await;
@@ -976,7 +976,7 @@ async fn rendered_manifest_installs_and_its_rbac_runs_the_operator() {
         &client,
         &ns.name,
         "echo",
-        json!({"plugin": "echo", "configFrom": [{"name": "echo-credentials"}]}),
+        json!({"plugin": "echo", "configFrom": [{"name": "echo-config"}]}),
     )
     .await;
     let active = wait_phase(&client, &ns.name, "echo", Phase::Active).await;
@@ -1033,6 +1033,101 @@ async fn rendered_manifest_installs_and_its_rbac_runs_the_operator() {
         events_from(e, "Restarting").last() == Some(&"Active")
     })
     .await;
+
+    // Seed 003: the plugin logs in with its credentials and refreshes; reads and writes its
+    // config, its storage; a job is created by the tenant and settled by the plugin.
+    let secrets: Api<Secret> = Api::namespaced(client.clone(), &ns.name);
+    let credentials = secrets
+        .get("echo-credentials")
+        .await
+        .expect("the install's credentials Secret");
+    let field = |key: &str| -> String {
+        let data = credentials.data.as_ref().expect("data");
+        String::from_utf8(data[key].0.clone()).expect("text")
+    };
+    let (client_id, client_secret) = (field("client_id"), field("client_secret"));
+    let login = |form: Vec<(&'static str, String)>| {
+        let url = format!("http://{api_addr}/a/auth/v0/token");
+        async move {
+            let response = reqwest::Client::new()
+                .post(url)
+                .form(&form)
+                .timeout(Duration::from_secs(30))
+                .send()
+                .await
+                .expect("the API answers");
+            let status = response.status();
+            let body: Value = response.json().await.expect("JSON");
+            assert_eq!(status, StatusCode::OK, "token: {body}");
+            body
+        }
+    };
+    let tokens = login(vec![
+        ("grant_type", "client_credentials".into()),
+        ("client_id", client_id.clone()),
+        ("client_secret", client_secret.clone()),
+        ("scope", "plugin,token.refresh".into()),
+    ])
+    .await;
+    let refreshed = login(vec![
+        ("grant_type", "refresh_token".into()),
+        ("client_id", client_id),
+        ("client_secret", client_secret),
+        (
+            "refresh_token",
+            tokens["refresh_token"]
+                .as_str()
+                .expect("a refresh token")
+                .into(),
+        ),
+    ])
+    .await;
+    let plugin_token = refreshed["access_token"].as_str().expect("a token");
+    let config_path = format!("/api/v2/plugin-services/installs/{uid}/config");
+    let (status, body) = call_api(
+        &api_addr,
+        Method::PUT,
+        &config_path,
+        plugin_token,
+        Some(json!({"retries": 3})),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK, "config PUT: {body}");
+    let (status, body) = call_api(&api_addr, Method::GET, &config_path, plugin_token, None).await;
+    assert_eq!(status, StatusCode::OK, "config GET: {body}");
+    for value in ["1", "2"] {
+        let (status, body) = call_api(
+            &api_addr,
+            Method::POST,
+            "/api/v2/plugin-services/storage",
+            plugin_token,
+            Some(json!({"commands": [{"action": "set", "key": "k", "value": value}]})),
+        )
+        .await;
+        assert_eq!(status, StatusCode::OK, "storage: {body}");
+    }
+    let (status, body) = call_api(
+        &api_addr,
+        Method::POST,
+        "/api/v2/plugin-services/jobs",
+        &tenant,
+        Some(
+            json!({"install_id": uid, "name": "sign-in", "identifier": "entry:1",
+                    "payload": {"entry": 1}}),
+        ),
+    )
+    .await;
+    assert_eq!(status, StatusCode::CREATED, "job: {body}");
+    let job = body["data"]["id"].as_str().expect("a job id").to_owned();
+    let (status, body) = call_api(
+        &api_addr,
+        Method::PATCH,
+        &format!("/api/v2/plugin-services/jobs/{job}"),
+        plugin_token,
+        Some(json!({"status": "done", "status_message": "signed in"})),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK, "settle: {body}");
 
     let (status, body) = call_api(
         &api_addr,
