@@ -344,22 +344,7 @@ async fn a_version_in_use_cannot_be_deleted() {
         .delete("echo-1.1.0", &DeleteParams::default())
         .await
         .expect("delete unused");
-    wait_until("the unused version to go", DEADLINE, || {
-        let versions = versions.clone();
-        async move {
-            if versions
-                .get_opt("echo-1.1.0")
-                .await
-                .map_err(|e| e.to_string())?
-                .is_none()
-            {
-                Ok(())
-            } else {
-                Err("still there".into())
-            }
-        }
-    })
-    .await;
+    wait_gone(&versions, "echo-1.1.0").await;
     versions
         .delete("echo-1.0.0", &DeleteParams::default())
         .await
@@ -404,22 +389,7 @@ async fn a_version_in_use_cannot_be_deleted() {
         .delete("echo", &DeleteParams::default())
         .await
         .expect("delete install");
-    wait_until("the version to go once unused", DEADLINE, || {
-        let versions = versions.clone();
-        async move {
-            if versions
-                .get_opt("echo-1.0.0")
-                .await
-                .map_err(|e| e.to_string())?
-                .is_none()
-            {
-                Ok(())
-            } else {
-                Err("still there".into())
-            }
-        }
-    })
-    .await;
+    wait_gone(&versions, "echo-1.0.0").await;
 }
 
 #[tokio::test]

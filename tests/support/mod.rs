@@ -448,3 +448,17 @@ pub fn events_from<'a>(events: &'a [String], from: &str) -> Vec<&'a str> {
         .skip_while(|a| *a != from)
         .collect()
 }
+
+/// Waits until the named object no longer exists.
+pub async fn wait_gone<K>(api: &Api<K>, name: &str)
+where
+    K: kube::Resource + Clone + serde::de::DeserializeOwned + std::fmt::Debug,
+{
+    wait_until(&format!("{name} to be gone"), DEADLINE, || async move {
+        match api.get_opt(name).await.map_err(|e| e.to_string())? {
+            None => Ok(()),
+            Some(_) => Err("still there".into()),
+        }
+    })
+    .await;
+}
