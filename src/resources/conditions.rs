@@ -35,11 +35,9 @@ pub mod reason {
     pub const CRASH_LOOP: &str = "CrashLoop";
     pub const CONTAINER_CONFIG_ERROR: &str = "ContainerConfigError";
     pub const PROGRESS_DEADLINE_EXCEEDED: &str = "ProgressDeadlineExceeded";
-    pub const RESTART_FAILED: &str = "RestartFailed";
     pub const CONTAINER_RESTARTED: &str = "ContainerRestarted";
     pub const POD_UNREADY: &str = "PodUnready";
     pub const FAILURE_REPORTED: &str = "FailureReported";
-    pub const HEALTH_CHECK_FAILED: &str = "HealthCheckFailed";
     pub const UNSUPPORTED_EXECUTION: &str = "UnsupportedExecution";
     pub const PLUGIN_NOT_FOUND: &str = "PluginNotFound";
     pub const PLUGIN_NOT_INSTALLABLE: &str = "PluginNotInstallable";
@@ -49,8 +47,6 @@ pub mod reason {
     pub const HEALTHY: &str = "Healthy";
 
     // `Progressing`.
-    pub const ROLLING_OUT: &str = "RollingOut";
-    pub const ROLLOUT_COMPLETE: &str = "RolloutComplete";
     pub const ROLLED_BACK: &str = "RolledBack";
 
     // `ConfigValid`.
@@ -316,15 +312,15 @@ mod tests {
             reason::ACTIVE,
             reason::RESTARTING,
             reason::ERROR,
+            reason::RUNNING,
+            reason::UNUSED,
             reason::IMAGE_PULL_FAILED,
             reason::CRASH_LOOP,
             reason::CONTAINER_CONFIG_ERROR,
             reason::PROGRESS_DEADLINE_EXCEEDED,
-            reason::RESTART_FAILED,
             reason::CONTAINER_RESTARTED,
             reason::POD_UNREADY,
             reason::FAILURE_REPORTED,
-            reason::HEALTH_CHECK_FAILED,
             reason::UNSUPPORTED_EXECUTION,
             reason::PLUGIN_NOT_FOUND,
             reason::PLUGIN_NOT_INSTALLABLE,
@@ -332,8 +328,6 @@ mod tests {
             reason::NO_MATCHING_VERSION,
             reason::INVALID_SPEC,
             reason::HEALTHY,
-            reason::ROLLING_OUT,
-            reason::ROLLOUT_COMPLETE,
             reason::ROLLED_BACK,
             reason::CONFIG_VALID,
             reason::CONFIG_INVALID,

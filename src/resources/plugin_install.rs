@@ -402,14 +402,6 @@ pub struct PluginInstallStatus {
     /// The `metadata.generation` this status describes.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub observed_generation: Option<i64>,
-    /// When the current rollout (start or upgrade) began; its progress deadline counts from
-    /// here.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub rollout_started_at: Option<Time>,
-    /// When the operator last restarted the plugin after a failure; the restart must succeed
-    /// within the progress deadline counted from here.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub restart_attempted_at: Option<Time>,
 }
 
 /// A failure of an install.
