@@ -77,7 +77,11 @@ pub fn plugin_status(
     let accepted = validate::validate_plugin(&plugin.spec);
     set(
         &mut status.conditions,
-        accepted_condition(&accepted, "the plugin's spec is valid"),
+        accepted_condition(
+            &accepted,
+            "the plugin's spec is valid",
+            reason::INVALID_SPEC,
+        ),
         plugin.meta().generation,
         now,
     );
@@ -221,10 +225,16 @@ pub fn version_status(
     if accepted && version.spec.is_formal() && status.accepted_spec_hash.is_none() {
         status.accepted_spec_hash = Some(validate::spec_hash(&version.spec));
     }
-    let mut condition = accepted_condition(&result, "the version can be installed");
-    if let (Some(r), false) = (reason_override, accepted) {
-        condition.reason = r.to_owned();
-    }
+    let edited = status
+        .accepted_spec_hash
+        .as_deref()
+        .is_some_and(|accepted| accepted != validate::spec_hash(&version.spec));
+    let refusal = reason_override.unwrap_or(if edited {
+        reason::SPEC_CHANGED
+    } else {
+        reason::INVALID_SPEC
+    });
+    let condition = accepted_condition(&result, "the version can be installed", refusal);
     status.observed_generation = version.meta().generation;
     set(
         &mut status.conditions,
@@ -264,23 +274,20 @@ fn push(result: &mut Result<(), Vec<FieldError>>, error: FieldError) {
     }
 }
 
-fn accepted_condition(result: &Result<(), Vec<FieldError>>, ok_message: &str) -> NewCondition {
+/// `Accepted`, or why not: `refusal` is the reason when the spec has errors.
+fn accepted_condition(
+    result: &Result<(), Vec<FieldError>>,
+    ok_message: &str,
+    refusal: &str,
+) -> NewCondition {
     match result {
         Ok(()) => NewCondition::new(conditions::ACCEPTED, true, reason::ACCEPTED, ok_message),
-        Err(errors) => {
-            let immutable = errors.iter().any(|e| e.message.contains("immutable"));
-            let reason = if immutable {
-                reason::SPEC_CHANGED
-            } else {
-                reason::INVALID_SPEC
-            };
-            NewCondition::new(
-                conditions::ACCEPTED,
-                ConditionStatus::False,
-                reason,
-                validate::join_errors(errors),
-            )
-        }
+        Err(errors) => NewCondition::new(
+            conditions::ACCEPTED,
+            ConditionStatus::False,
+            refusal,
+            validate::join_errors(errors),
+        ),
     }
 }
 
