@@ -25,28 +25,9 @@ pub enum Command {
 #[derive(Args, Debug, Clone, Default)]
 pub struct CrdsArgs {
     /// Write one file per kind into this directory instead of printing one stream:
-    /// plugin.yaml, pluginversion.yaml and plugininstall.yaml for every Kubernetes version, and
-    /// the same with CEL validation rules under cel/ (Kubernetes 1.25+).
+    /// plugin.yaml, pluginversion.yaml, plugininstall.yaml and pluginjob.yaml.
     #[arg(long, value_name = "DIR")]
     pub out_dir: Option<std::path::PathBuf>,
-    /// Target an API server of this Kubernetes version (e.g. 1.20): before 1.25 the CEL
-    /// validation rules, which such servers cannot run, are left out. Default: the newest.
-    #[arg(long, value_name = "MAJOR.MINOR", value_parser = parse_kubernetes_minor)]
-    pub kubernetes_version: Option<u32>,
-}
-
-/// `1.20`, `v1.20` or `1.20.2` → 20.
-fn parse_kubernetes_minor(value: &str) -> Result<u32, String> {
-    let version = value.trim().trim_start_matches('v');
-    let mut parts = version.split('.');
-    match (parts.next(), parts.next()) {
-        (Some("1"), Some(minor)) => minor
-            .parse()
-            .map_err(|_| format!("{value:?}: the minor version is not a number")),
-        _ => Err(format!(
-            "{value:?} is not a Kubernetes version such as 1.20"
-        )),
-    }
 }
 
 #[derive(Args, Debug, Clone)]

@@ -29,18 +29,10 @@ async fn main() -> std::process::ExitCode {
 /// `plugin-operator crds`: prints the CRDs, or writes one file per kind into `--out-dir`.
 fn crds(args: &CrdsArgs) -> Result<(), Box<dyn std::error::Error>> {
     let Some(dir) = &args.out_dir else {
-        let yaml = match args.kubernetes_version {
-            Some(minor) => resources::crds_yaml_for_server(minor)?,
-            None => resources::crds_yaml()?,
-        };
-        print!("{yaml}");
+        print!("{}", resources::crds_yaml()?);
         return Ok(());
     };
-    let files = match args.kubernetes_version {
-        Some(minor) => resources::crd_files_for_server(minor)?,
-        None => resources::crd_files()?,
-    };
-    for (path, text) in files {
+    for (path, text) in resources::crd_files()? {
         let path = dir.join(path);
         if let Some(parent) = path.parent() {
             std::fs::create_dir_all(parent)?;

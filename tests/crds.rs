@@ -8,7 +8,7 @@ use devtools::testkit::{self, TestNamespace};
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use kube::api::{Api, DynamicObject, Patch, PatchParams, PostParams};
 use kube::core::ApiResource;
-use kube::{Client, CustomResourceExt, Resource};
+use kube::{Client, Resource};
 use plugin_operator::resources::{
     self, ConnectionMode, Plugin, PluginAttribution, PluginInstall, PluginReference, PluginVersion,
     UpgradeMode, VersionAttribution,
@@ -128,50 +128,11 @@ fn crds_name_the_kinds_as_the_spec_says() {
     }
 }
 
-#[test]
-fn cel_rules_are_left_out_only_for_servers_before_1_25() {
-    let count = |crds: &[CustomResourceDefinition]| {
-        let text = serde_json::to_string(crds).expect("serializes");
-        text.matches("x-kubernetes-validations").count()
-    };
-    assert_eq!(count(&resources::crds()), 3);
-    assert_eq!(count(&resources::crds_for_server(33)), 3);
-    assert_eq!(count(&resources::crds_for_server(25)), 3);
-    assert_eq!(count(&resources::crds_for_server(24)), 0);
-    assert_eq!(count(&resources::crds_for_server(20)), 0);
-    let mut full = serde_json::to_value(resources::crds()).expect("serializes");
-    strip_key(&mut full, "x-kubernetes-validations");
-    let old = serde_json::to_value(resources::crds_for_server(20)).expect("serializes");
-    assert_eq!(full, old, "nothing else differs");
-}
-
-fn strip_key(value: &mut Value, key: &str) {
-    match value {
-        Value::Object(map) => {
-            map.remove(key);
-            map.values_mut().for_each(|v| strip_key(v, key));
-        }
-        Value::Array(items) => items.iter_mut().for_each(|v| strip_key(v, key)),
-        _ => {}
-    }
-}
-
-async fn server_minor(client: &Client) -> u32 {
-    let info = client.apiserver_version().await.expect("server version");
-    let digits: String = info
-        .minor
-        .chars()
-        .take_while(char::is_ascii_digit)
-        .collect();
-    digits.parse().expect("numeric minor version")
-}
-
-/// Applies the CRDs the server can take (as `just crds-install` does) and waits until they are
-/// established.
-async fn install_crds(client: &Client, minor: u32) {
+/// Applies the CRDs (as `just crds-install` does) and waits until they are established.
+async fn install_crds(client: &Client) {
     let api: Api<CustomResourceDefinition> = Api::all(client.clone());
     let params = PatchParams::apply("plugin-operator-tests").force();
-    for crd in resources::crds_for_server(minor) {
+    for crd in resources::crds() {
         let name = crd.metadata.name.clone().expect("CRDs have names");
         api.patch(&name, &params, &Patch::Apply(&crd))
             .await
@@ -255,24 +216,7 @@ async fn patch_raw<K: Resource<DynamicType = ()>>(
 #[tokio::test]
 async fn the_api_server_takes_the_crds_applies_defaults_and_refuses_bad_objects() {
     let client = testkit::client().await;
-    let minor = server_minor(&client).await;
-    if minor < resources::CEL_MIN_MINOR {
-        // Servers before 1.25 do not know `x-kubernetes-validations`: a server-side apply of the
-        // full CRDs is refused, which is why `crds_for_server` leaves the rules out.
-        let api: Api<CustomResourceDefinition> = Api::all(client.clone());
-        let params = PatchParams::apply("plugin-operator-tests").dry_run();
-        let full = PluginVersion::crd();
-        let name = full.metadata.name.clone().expect("named");
-        let err = api
-            .patch(&name, &params, &Patch::Apply(&full))
-            .await
-            .expect_err("refused");
-        assert!(
-            err.to_string().contains("x-kubernetes-validations"),
-            "{err}"
-        );
-    }
-    install_crds(&client, minor).await;
+    install_crds(&client).await;
     let ns = TestNamespace::create(&client, "crds").await;
     let ns = ns.name.as_str();
 
@@ -420,28 +364,157 @@ async fn the_api_server_takes_the_crds_applies_defaults_and_refuses_bad_objects(
             assert!(message.contains(field), "{field} not named in: {message}");
         }
     }
+}
 
-    if minor >= resources::CEL_MIN_MINOR {
-        let external = create_raw::<Plugin>(
+/// Creates the CRDs and a namespace for a test of one CEL rule, which the API server evaluates.
+async fn cel_namespace(prefix: &str) -> (Client, TestNamespace) {
+    let client = testkit::client().await;
+    install_crds(&client).await;
+    let ns = TestNamespace::create(&client, prefix).await;
+    (client, ns)
+}
+
+#[tokio::test]
+async fn cel_rule_an_external_plugin_needs_an_endpoint() {
+    let (client, ns) = cel_namespace("cel-endpoint").await;
+    let ns = ns.name.as_str();
+    let refused = create_raw::<Plugin>(
+        &client,
+        ns,
+        "external",
+        json!({"spec": {"connection": {"mode": "external"}}}),
+    )
+    .await
+    .expect_err("an external plugin needs an endpoint");
+    assert!(
+        refused.contains("spec.connection")
+            && refused.contains("connection.endpoint is required when connection.mode is external"),
+        "{refused}"
+    );
+    let empty = create_raw::<Plugin>(
+        &client,
+        ns,
+        "external-empty",
+        json!({"spec": {"connection": {"mode": "external", "endpoint": ""}}}),
+    )
+    .await
+    .expect_err("an empty endpoint is no endpoint");
+    assert!(empty.contains("connection.endpoint is required"), "{empty}");
+    create_raw::<Plugin>(
+        &client,
+        ns,
+        "external-ok",
+        json!({"spec": {"connection": {"mode": "external", "endpoint": "https://plugins.example.com"}}}),
+    )
+    .await
+    .expect("an external plugin with an endpoint");
+    create_raw::<Plugin>(
+        &client,
+        ns,
+        "supervised",
+        json!({"spec": {"connection": {"mode": "supervised"}}}),
+    )
+    .await
+    .expect("a supervised plugin needs no endpoint");
+}
+
+#[tokio::test]
+async fn cel_rule_a_container_version_needs_an_image() {
+    let (client, ns) = cel_namespace("cel-image").await;
+    let ns = ns.name.as_str();
+    let refused = create_raw::<PluginVersion>(
+        &client,
+        ns,
+        "echo-1.0.0",
+        json!({"spec": {"plugin": "echo", "version": "1.0.0", "execution": {"type": "Container"}}}),
+    )
+    .await
+    .expect_err("a container needs an image");
+    assert!(
+        refused.contains("spec.execution")
+            && refused.contains("execution.image is required when execution.type is Container"),
+        "{refused}"
+    );
+    create_raw::<PluginVersion>(
+        &client,
+        ns,
+        "echo-1.0.1",
+        json!({"spec": {"plugin": "echo", "version": "1.0.1", "execution": {"type": "Zip"}}}),
+    )
+    .await
+    .expect("a Zip version runs no image");
+    create_raw::<PluginVersion>(
+        &client,
+        ns,
+        "echo-1.0.2",
+        json!({"spec": {"plugin": "echo", "version": "1.0.2", "execution": {"image": "echo:1.0.2"}}}),
+    )
+    .await
+    .expect("a container with an image");
+}
+
+#[tokio::test]
+async fn cel_rule_a_formal_version_spec_is_immutable() {
+    let (client, ns) = cel_namespace("cel-immutable").await;
+    let ns = ns.name.as_str();
+    for (name, attribution) in [("echo-1.0.0", "formal"), ("echo-1.1.0-rc.1", "draft")] {
+        let version = name.trim_start_matches("echo-");
+        create_raw::<PluginVersion>(
             &client,
             ns,
-            "external",
-            json!({"spec": {"connection": {"mode": "external"}}}),
+            name,
+            json!({"spec": {"plugin": "echo", "version": version, "attribution": attribution,
+                            "execution": {"image": format!("echo:{version}")}}}),
         )
         .await
-        .expect_err("an external plugin needs an endpoint");
-        assert!(
-            external.contains("connection.endpoint is required"),
-            "{external}"
-        );
-        let edit = patch_raw::<PluginVersion>(
-            &client,
-            ns,
-            "billing-1.4.0",
-            json!({"spec": {"execution": {"image": "billing:1.4.1"}}}),
-        )
-        .await
-        .expect_err("a formal version is immutable");
-        assert!(edit.contains("immutable"), "{edit}");
+        .expect("created");
     }
+    let refused = patch_raw::<PluginVersion>(
+        &client,
+        ns,
+        "echo-1.0.0",
+        json!({"spec": {"execution": {"image": "echo:tampered"}}}),
+    )
+    .await
+    .expect_err("a formal version is immutable");
+    assert!(
+        refused.contains(
+            "the spec of a formal PluginVersion is immutable: create a new PluginVersion instead"
+        ),
+        "{refused}"
+    );
+    let kept = Api::<PluginVersion>::namespaced(client.clone(), ns)
+        .get("echo-1.0.0")
+        .await
+        .expect("get");
+    assert_eq!(
+        kept.spec.execution.and_then(|e| e.image).as_deref(),
+        Some("echo:1.0.0")
+    );
+    // A draft may change, and may be released by turning it formal; after that it is frozen.
+    patch_raw::<PluginVersion>(
+        &client,
+        ns,
+        "echo-1.1.0-rc.1",
+        json!({"spec": {"execution": {"image": "echo:1.1.0-rc.1-fixed"}}}),
+    )
+    .await
+    .expect("a draft can be edited");
+    patch_raw::<PluginVersion>(
+        &client,
+        ns,
+        "echo-1.1.0-rc.1",
+        json!({"spec": {"attribution": "formal"}}),
+    )
+    .await
+    .expect("a draft can be released");
+    let frozen = patch_raw::<PluginVersion>(
+        &client,
+        ns,
+        "echo-1.1.0-rc.1",
+        json!({"spec": {"description": "changed after release"}}),
+    )
+    .await
+    .expect_err("released means frozen");
+    assert!(frozen.contains("immutable"), "{frozen}");
 }

@@ -37,12 +37,8 @@ use support::*;
 
 const NAMESPACE: &str = "plugin-operator";
 const RELEASE: &str = "plugin-operator";
-const DEPLOY_FILES: [&str; 2] = [
-    "deploy/plugin-operator.yaml",
-    "deploy/kubernetes-1.20/plugin-operator.yaml",
-];
-/// The manifest the local control plane (Kubernetes 1.20) takes.
-const DEPLOY_1_20: &str = "deploy/kubernetes-1.20/plugin-operator.yaml";
+/// The manifest for `kubectl apply`, rendered from the chart.
+const DEPLOY: &str = "deploy/plugin-operator.yaml";
 
 fn root() -> &'static Path {
     Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -92,7 +88,7 @@ fn render(sets: &[&str]) -> Vec<Value> {
         "--namespace",
         NAMESPACE,
         "--kube-version",
-        "1.25.0",
+        "1.33.0",
     ];
     for set in sets {
         args.extend(["--set", set]);
@@ -177,11 +173,12 @@ fn deploy_manifests_are_what_the_chart_renders() {
         .status()
         .expect("run render-deploy.sh");
     assert!(status.success(), "render-deploy.sh failed");
-    for file in DEPLOY_FILES {
-        let rendered = std::fs::read_to_string(out.join(file)).expect("rendered file");
-        let committed = std::fs::read_to_string(root().join(file)).unwrap_or_default();
-        assert!(rendered == committed, "{file} is stale: run `just deploy`");
-    }
+    let rendered = std::fs::read_to_string(out.join(DEPLOY)).expect("rendered file");
+    let committed = std::fs::read_to_string(root().join(DEPLOY)).unwrap_or_default();
+    assert!(
+        rendered == committed,
+        "{DEPLOY} is stale: run `just deploy`"
+    );
     let mut found = Vec::new();
     let mut dirs = vec![root().join("deploy")];
     while let Some(dir) = dirs.pop() {
@@ -197,23 +194,10 @@ fn deploy_manifests_are_what_the_chart_renders() {
     for path in found {
         let relative = path.strip_prefix(root()).expect("under the root");
         assert!(
-            DEPLOY_FILES.contains(&relative.to_string_lossy().as_ref()),
+            relative == Path::new(DEPLOY),
             "{} is not rendered by devtools/scripts/render-deploy.sh",
             relative.display()
         );
-    }
-
-    // The two differ in the PodDisruptionBudget's API version only.
-    let new = read_documents(DEPLOY_FILES[0]);
-    let old = read_documents(DEPLOY_FILES[1]);
-    assert_eq!(new.len(), old.len());
-    for (a, b) in new.iter().zip(&old) {
-        if a["kind"] == "PodDisruptionBudget" {
-            assert_eq!(a["apiVersion"], "policy/v1");
-            assert_eq!(b["apiVersion"], "policy/v1beta1");
-        } else {
-            assert_eq!(a, b);
-        }
     }
 }
 
@@ -232,7 +216,7 @@ fn chart_passes_helm_lint_and_refuses_bad_values() {
             "set replicaCount to 1",
         ),
     ] {
-        let mut args = vec!["template", RELEASE, chart];
+        let mut args = vec!["template", RELEASE, chart, "--kube-version", "1.33.0"];
         for set in &sets {
             args.extend(["--set", set]);
         }
@@ -377,7 +361,7 @@ fn permissions(role: &Value) -> BTreeSet<(String, String, String)> {
 
 #[test]
 fn rbac_names_every_verb_and_the_lease() {
-    let docs = read_documents(DEPLOY_1_20);
+    let docs = read_documents(DEPLOY);
     for doc in &docs {
         if doc["kind"] == "ClusterRole" || doc["kind"] == "Role" {
             for (group, resource, verb) in permissions(doc) {
@@ -418,7 +402,7 @@ fn rbac_names_every_verb_and_the_lease() {
 
 #[test]
 fn deployment_runs_restricted_with_probes_on_the_admin_port() {
-    let docs = read_documents(DEPLOY_1_20);
+    let docs = read_documents(DEPLOY);
     let deployment = find(&docs, "Deployment", RELEASE);
     assert_eq!(deployment["spec"]["replicas"], 2);
     let pod = &deployment["spec"]["template"]["spec"];
@@ -876,7 +860,7 @@ async fn rendered_manifest_installs_and_its_rbac_runs_the_operator() {
     )
     .await;
     kubectl(&["apply", "--server-side", "--force-conflicts", "-f", "crds/"]);
-    kubectl(&["apply", "-f", DEPLOY_1_20]);
+    kubectl(&["apply", "-f", DEPLOY]);
     kubectl(&[
         "-n",
         NAMESPACE,
@@ -1177,7 +1161,7 @@ async fn rendered_manifest_installs_and_its_rbac_runs_the_operator() {
         log_path.display()
     );
     let used: BTreeSet<(String, String, String)> = requests_in_log(&log);
-    let docs = read_documents(DEPLOY_1_20);
+    let docs = read_documents(DEPLOY);
     let mut granted = permissions(find(&docs, "ClusterRole", RELEASE));
     granted.extend(permissions(find(
         &docs,
@@ -1205,11 +1189,5 @@ async fn rendered_manifest_installs_and_its_rbac_runs_the_operator() {
     );
 
     drop(ns);
-    kubectl(&[
-        "delete",
-        "-f",
-        DEPLOY_1_20,
-        "--ignore-not-found",
-        "--wait=false",
-    ]);
+    kubectl(&["delete", "-f", DEPLOY, "--ignore-not-found", "--wait=false"]);
 }

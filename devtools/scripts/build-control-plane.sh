@@ -1,17 +1,33 @@
 #!/usr/bin/env bash
-# Builds (once per machine) the local control plane's binaries: kube-apiserver,
-# kube-controller-manager and kubectl v1.20.2 from Debian's `kubernetes` source package, and
-# installs etcd from Debian's `etcd-server`. Binaries are cached outside the work tree so that
-# only the first run on a machine pays for the ~5 minute Go build.
+# Builds (once per machine and version) the local control plane's binaries from the Go module
+# proxy: kube-apiserver, kube-controller-manager and kubectl of k8s.io/kubernetes, and etcd of
+# go.etcd.io/etcd/server/v3. The build modules (go.mod and go.sum, so every machine builds the
+# same sources) live in devtools/control-plane/; the binaries are cached outside the work tree,
+# by version, so that only the first run on a machine pays for the build. Prints the bin dir.
+#
+#   build-control-plane.sh            build when missing, print the directory of the binaries
+#   build-control-plane.sh --version  print the Kubernetes version the tests run
 set -euo pipefail
 
-K8S_VERSION=1.20.2
-# Bump whenever a change here changes what the binaries do (a patch, a flag): the cache directory
-# is named after it, so no machine keeps running binaries an older revision built.
-BUILD_REVISION=2
-CACHE_DIR="${PLUGIN_OPERATOR_CACHE:-$HOME/.cache/plugin-operator}/$K8S_VERSION-r$BUILD_REVISION"
+ROOT=$(cd "$(dirname "$0")/../.." && pwd)
+MODULES="$ROOT/devtools/control-plane"
+
+# The one setting: the Kubernetes release of the local control plane. devtools/control-plane/
+# kubernetes/go.mod requires k8s.io/kubernetes at this version and its staging modules at
+# v0.<minor>.<patch>; `devtools/scripts/build-control-plane.sh --bump` rewrites it for another.
+K8S_VERSION=1.37.2
+ETCD_VERSION=$(sed -n 's#^require go.etcd.io/etcd/server/v3 v##p' "$MODULES/etcd/go.mod")
+# k8s.io/kubernetes v1.37 asks for Go 1.26.0, which the machine has. A fresh machine's go runs
+# with GOTOOLCHAIN=local, which refuses to switch; `auto` lets a later release that asks for a
+# newer Go (a `toolchain go1.27.3` line in the build module) fetch it through the module proxy.
+export GOTOOLCHAIN="${GOTOOLCHAIN:-auto}"
+export GOFLAGS="-mod=readonly -trimpath -buildvcs=false"
+# Bump whenever a change here changes what the binaries do (a flag, a patch): the cache
+# directory is named after it, so no machine keeps running binaries an older revision built.
+BUILD_REVISION=1
+CACHE_DIR="${PLUGIN_OPERATOR_CACHE:-$HOME/.cache/plugin-operator}/kubernetes-$K8S_VERSION-etcd-$ETCD_VERSION-r$BUILD_REVISION"
 BIN_DIR="$CACHE_DIR/bin"
-WANTED=(kube-apiserver kube-controller-manager kubectl)
+WANTED=(kube-apiserver kube-controller-manager kubectl etcd)
 
 log() { printf '[build-control-plane] %s\n' "$*" >&2; }
 
@@ -20,100 +36,60 @@ have_all_binaries() {
   for b in "${WANTED[@]}"; do [ -x "$BIN_DIR/$b" ] || return 1; done
 }
 
-as_root() { if [ "$(id -u)" = 0 ]; then "$@"; else sudo "$@"; fi; }
-
-apt_updated=0
-apt_update_once() {
-  if [ "$apt_updated" = 0 ]; then
-    as_root apt-get update -q >/dev/null
-    apt_updated=1
-  fi
+# What `kubectl version` and /version report: the release's own numbers, as its Makefile stamps.
+version_ldflags() {
+  local minor=${K8S_VERSION#*.}; minor=${minor%%.*}
+  local flags="-s -w" pkg
+  for pkg in k8s.io/component-base/version k8s.io/client-go/pkg/version; do
+    flags+=" -X $pkg.gitVersion=v$K8S_VERSION -X $pkg.gitMajor=1 -X $pkg.gitMinor=$minor"
+    flags+=" -X $pkg.gitTreeState=clean -X $pkg.buildDate=1970-01-01T00:00:00Z"
+  done
+  printf '%s' "$flags"
 }
 
-install_etcd() {
-  if command -v etcd >/dev/null 2>&1; then return; fi
-  log "installing etcd from Debian's etcd-server package"
-  apt_update_once
-  # The package's post-install would start a system etcd on the default ports; policy-rc.d
-  # forbids service starts during the install, and we stop/disable it in case one started anyway.
-  local policy=/usr/sbin/policy-rc.d had_policy=0
-  [ -e "$policy" ] && had_policy=1
-  if [ "$had_policy" = 0 ]; then
-    printf '#!/bin/sh\nexit 101\n' | as_root tee "$policy" >/dev/null
-    as_root chmod +x "$policy"
-  fi
-  DEBIAN_FRONTEND=noninteractive as_root apt-get install -y -q --no-install-recommends etcd-server >/dev/null
-  [ "$had_policy" = 0 ] && as_root rm -f "$policy"
-  if command -v systemctl >/dev/null 2>&1; then
-    as_root systemctl disable --now etcd >/dev/null 2>&1 || true
-  fi
-  as_root pkill -x etcd >/dev/null 2>&1 || true
-}
-
-# The machine ships binary entries only; derive a deb-src entry from the Debian one (same URIs,
-# suites and key) so `apt-get source` can fetch the kubernetes source package.
-ensure_deb_src() {
-  local src=/etc/apt/sources.list.d/debian.sources
-  local dst=/etc/apt/sources.list.d/plugin-operator-src.sources
-  [ -f "$dst" ] && return
-  [ -f "$src" ] || { log "no $src to derive a deb-src entry from"; exit 1; }
-  sed 's/^Types: deb$/Types: deb-src/' "$src" | as_root tee "$dst" >/dev/null
-  apt_updated=0
-}
-
-# reflect2 v1.0.1 declares reflect.mapiterinit with two arguments; since Go 1.18 it takes the
-# iterator as a third one, so the old declaration corrupts memory. Apply what v1.0.2 does.
-patch_reflect2() {
-  local dir=$1/vendor/github.com/modern-go/reflect2
-  [ -d "$dir" ] || return 0
-  grep -q 'm unsafe.Pointer, it \*hiter)' "$dir/unsafe_link.go" && return 0
-  python3 "$(dirname "$0")/patch_reflect2.py" "$dir"
-  log "patched vendored reflect2 for Go >= 1.18 (three-argument mapiterinit, full-size hiter)"
-}
-
-# kube-openapi's type validator (what validates custom resources) takes every "" for null when
-# built with Go >= 1.16, so a `type: string` field set to "" is refused with
-# `must be of type string: "null"` (kubernetes#99804). Apply kube-openapi#230, 1.21's fix.
-patch_kube_openapi() {
-  python3 "$(dirname "$0")/patch_kube_openapi.py" "$1/vendor/k8s.io/kube-openapi/pkg/validation/validate"
-  log "patched vendored kube-openapi for Go >= 1.16 (\"\" is not null)"
-}
-
-build_kubernetes() {
+build() {
   have_all_binaries && return
-  ensure_deb_src
-  apt_update_once
-  log "installing build dependencies (golang-go, rsync, jq)"
-  DEBIAN_FRONTEND=noninteractive as_root apt-get install -y -q --no-install-recommends \
-    golang-go rsync jq dpkg-dev build-essential >/dev/null
-  local work="$CACHE_DIR/src"
+  command -v go >/dev/null 2>&1 || { log "the go command is missing (Go 1.26 or later)"; exit 1; }
+  local work="$CACHE_DIR/work"
   rm -rf "$work" && mkdir -p "$work"
-  log "fetching the kubernetes source package"
-  (cd "$work" && apt-get source -q kubernetes >"$work/apt-source.log" 2>&1) || {
-    log "apt-get source kubernetes failed; see $work/apt-source.log"; exit 1; }
-  local tree
-  tree=$(find "$work" -maxdepth 1 -mindepth 1 -type d -name 'kubernetes-*' | head -n1)
-  [ -n "$tree" ] || { log "source tree not found under $work"; exit 1; }
-  patch_reflect2 "$tree"
-  patch_kube_openapi "$tree"
-  log "building ${WANTED[*]} (about 5 minutes on 2 cores; log: $work/build.log)"
-  # Debian's tree carries no .git; the version must be given explicitly.
-  (cd "$tree" && KUBE_GIT_VERSION="v$K8S_VERSION" KUBE_GIT_TREE_STATE=clean \
-      make WHAT="cmd/kube-apiserver cmd/kube-controller-manager cmd/kubectl" >"$work/build.log" 2>&1) || {
+  local started=$SECONDS
+  log "building kube-apiserver, kube-controller-manager and kubectl v$K8S_VERSION (about 15 minutes on 2 cores; log: $work/build.log)"
+  (cd "$MODULES/kubernetes" && go build -ldflags "$(version_ldflags)" -o "$work/" \
+      k8s.io/kubernetes/cmd/kube-apiserver k8s.io/kubernetes/cmd/kube-controller-manager \
+      k8s.io/kubernetes/cmd/kubectl) >"$work/build.log" 2>&1 || {
     log "kubernetes build failed; see $work/build.log"; tail -n 30 "$work/build.log" >&2; exit 1; }
+  log "building etcd v$ETCD_VERSION"
+  (cd "$MODULES/etcd" && go build -ldflags "-s -w" -o "$work/etcd" go.etcd.io/etcd/server/v3) \
+      >>"$work/build.log" 2>&1 || {
+    log "etcd build failed; see $work/build.log"; tail -n 30 "$work/build.log" >&2; exit 1; }
   mkdir -p "$BIN_DIR"
   local b
-  for b in "${WANTED[@]}"; do
-    install -m 0755 "$tree/_output/bin/$b" "$BIN_DIR/$b"
-  done
+  for b in "${WANTED[@]}"; do install -m 0755 "$work/$b" "$BIN_DIR/$b"; done
   rm -rf "$work"
-  log "cached binaries in $BIN_DIR"
+  log "built in $((SECONDS - started)) s; cached in $BIN_DIR"
 }
+
+# Points the build modules at another release: k8s.io/kubernetes vX.Y.Z, staging v0.Y.Z.
+bump() {
+  local version=$1 staging="0.${1#*.}"
+  (cd "$MODULES/kubernetes" &&
+    sed -i -E "s#^require k8s.io/kubernetes v.*#require k8s.io/kubernetes v$version#;
+               s#^(\t(k8s.io/[a-z0-9-]+) => k8s.io/[a-z0-9-]+) v.*#\1 v$staging#" go.mod &&
+    GOFLAGS=-mod=mod go mod tidy)
+  sed -i "s/^K8S_VERSION=.*/K8S_VERSION=$version/" "$0"
+  log "now at v$version; check the staging replacements in $MODULES/kubernetes/go.mod"
+}
+
+case "${1:-}" in
+  --version) echo "$K8S_VERSION"; exit 0 ;;
+  --bump) bump "${2:?usage: $0 --bump X.Y.Z}"; exit 0 ;;
+  "") ;;
+  *) echo "usage: $0 [--version | --bump X.Y.Z]" >&2; exit 2 ;;
+esac
 
 mkdir -p "$CACHE_DIR"
 # Concurrent callers (several shells, CI and a developer) wait for one build instead of racing.
 exec 9>"$CACHE_DIR/.build.lock"
 flock 9
-install_etcd
-build_kubernetes
+build
 echo "$BIN_DIR"

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
-# The local control plane (SPEC §6): etcd, kube-apiserver and kube-controller-manager v1.20.2
-# plus the node simulator, all on loopback on free ports, with data and logs under
-# target/local-cluster/.
+# The local control plane (SPEC §6): etcd, kube-apiserver and kube-controller-manager of the
+# release devtools/scripts/build-control-plane.sh builds, plus the node simulator, all on loopback
+# on free ports, with data and logs under target/local-cluster/ (logs/audit.log: who wrote what).
 #   cluster.sh up     start it (does nothing when it is already up)
 #   cluster.sh down   stop what `up` started (by pid) and remove its data
 #   cluster.sh status say whether it is up
@@ -67,6 +67,20 @@ EXT
   ) >"$DIR/logs/pki.log" 2>&1 || fail "making certificates; log: $DIR/logs/pki.log"
 }
 
+# Every write, with its user and user agent (Metadata: never a body, so no Secret's data); reads
+# and the API server's own health checks are left out to keep the log small.
+write_audit_policy() {
+  cat >"$DIR/audit-policy.yaml" <<'EOF'
+apiVersion: audit.k8s.io/v1
+kind: Policy
+omitStages: [RequestReceived]
+rules:
+- level: Metadata
+  verbs: [create, update, patch, delete, deletecollection]
+- level: None
+EOF
+}
+
 write_kubeconfig() {
   local server=$1 token=$2 out=$3
   local ca
@@ -102,6 +116,7 @@ up() {
   ln -sf "$BIN/kubectl" "$DIR/bin/kubectl"
   [ -x "$SIM_BIN" ] || (cd "$ROOT" && cargo build -q -p devtools --bin node-sim) || fail "building the node simulator"
   make_pki
+  write_audit_policy
 
   local etcd_port etcd_peer api_port token
   etcd_port=$(free_port); etcd_peer=$(free_port); api_port=$(free_port)
@@ -110,7 +125,7 @@ up() {
   chmod 600 "$DIR/pki/tokens.csv"
 
   log "starting etcd on 127.0.0.1:$etcd_port"
-  start etcd etcd --name local --data-dir "$DIR/etcd" \
+  start etcd "$BIN/etcd" --name local --data-dir "$DIR/etcd" \
     --listen-client-urls "http://127.0.0.1:$etcd_port" --advertise-client-urls "http://127.0.0.1:$etcd_port" \
     --listen-peer-urls "http://127.0.0.1:$etcd_peer" --initial-advertise-peer-urls "http://127.0.0.1:$etcd_peer" \
     --initial-cluster "local=http://127.0.0.1:$etcd_peer" --listen-metrics-urls "" \
@@ -120,7 +135,7 @@ up() {
   log "starting kube-apiserver on 127.0.0.1:$api_port"
   start kube-apiserver "$BIN/kube-apiserver" \
     --etcd-servers "http://127.0.0.1:$etcd_port" \
-    --bind-address 127.0.0.1 --advertise-address 127.0.0.1 --secure-port "$api_port" --insecure-port 0 \
+    --bind-address 127.0.0.1 --advertise-address 127.0.0.1 --secure-port "$api_port" \
     --tls-cert-file "$DIR/pki/apiserver.crt" --tls-private-key-file "$DIR/pki/apiserver.key" \
     --client-ca-file "$DIR/pki/ca.crt" --token-auth-file "$DIR/pki/tokens.csv" \
     --authorization-mode RBAC \
@@ -129,7 +144,8 @@ up() {
     --api-audiences https://kubernetes.default.svc.cluster.local \
     --service-cluster-ip-range 10.96.0.0/16 --allow-privileged=true --profiling=false \
     --endpoint-reconciler-type none \
-    --enable-admission-plugins NamespaceLifecycle,LimitRanger,ServiceAccount,ResourceQuota,DefaultTolerationSeconds \
+    --audit-policy-file "$DIR/audit-policy.yaml" --audit-log-path "$DIR/logs/audit.log" \
+    --audit-log-maxsize 200 --audit-log-maxbackup 2 \
     --cert-dir "$DIR/pki/apiserver-certs"
   write_kubeconfig "https://127.0.0.1:$api_port" "$token" "$KUBECONFIG_OUT"
   wait_for "kube-apiserver /readyz" kube-apiserver 90 \
@@ -137,8 +153,8 @@ up() {
 
   log "starting kube-controller-manager"
   start kube-controller-manager "$BIN/kube-controller-manager" \
-    --kubeconfig "$KUBECONFIG_OUT" --leader-elect=false --port 0 --secure-port 0 \
-    --controllers deployment,replicaset,garbagecollector,serviceaccount-token,serviceaccount,namespace,resourcequota \
+    --kubeconfig "$KUBECONFIG_OUT" --leader-elect=false --secure-port 0 \
+    --controllers deployment,replicaset,garbagecollector,serviceaccount-token,serviceaccount,namespace,resourcequota,clusterrole-aggregation \
     --service-account-private-key-file "$DIR/pki/sa.key" --root-ca-file "$DIR/pki/ca.crt" \
     --use-service-account-credentials=false --allocate-node-cidrs=false \
     --concurrent-deployment-syncs 10 --concurrent-replicaset-syncs 10 \

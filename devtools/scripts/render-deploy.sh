@@ -1,12 +1,9 @@
 #!/usr/bin/env bash
-# Renders the manifests for `kubectl apply` from the Helm chart, so that both install the same
-# objects:
-#   deploy/plugin-operator.yaml                 Kubernetes 1.21 and later
-#   deploy/kubernetes-1.20/plugin-operator.yaml Kubernetes 1.20 (PodDisruptionBudget policy/v1beta1)
-# with the chart's default values in namespace plugin-operator, and without the CRDs (crds/ has
+# Renders the manifest for `kubectl apply` (deploy/plugin-operator.yaml) from the Helm chart, so
+# that both install the same objects, with the chart's default values in namespace plugin-operator, and without the CRDs (crds/ has
 # them). It first copies crds/*.yaml into the chart (charts/plugin-operator/files/crds/).
-#   render-deploy.sh             write both into the repository
-#   render-deploy.sh --out DIR   write them under DIR instead, copying nothing (tests/deploy.rs
+#   render-deploy.sh             write it into the repository
+#   render-deploy.sh --out DIR   write it under DIR instead, copying nothing (tests/deploy.rs
 #                                compares that with the committed files)
 set -euo pipefail
 
@@ -23,7 +20,7 @@ else
 fi
 HELM=$("$ROOT/devtools/scripts/deploy-tools.sh" helm)
 
-# $1: output file, $2: Kubernetes version the manifest is for, $3: what it says about that.
+# $1: output file, $2: Kubernetes version to render for, $3: what it says about that.
 render() {
   local out=$1 kube_version=$2 applies_to=$3
   mkdir -p "$(dirname "$out")"
@@ -46,5 +43,5 @@ EOF
   mv "$out.tmp" "$out"
 }
 
-render "$OUT/deploy/plugin-operator.yaml" 1.25.0 "Kubernetes 1.21 and later"
-render "$OUT/deploy/kubernetes-1.20/plugin-operator.yaml" 1.20.2 "Kubernetes 1.20 (deploy/plugin-operator.yaml: 1.21 and later)"
+render "$OUT/deploy/plugin-operator.yaml" "$("$ROOT/devtools/scripts/build-control-plane.sh" --version)" \
+  "Kubernetes 1.33 and later"

@@ -45,10 +45,15 @@ async fn main() -> anyhow::Result<()> {
         tracing::info!("stopping");
         let _ = stop.send(true);
     });
+    let server = client
+        .apiserver_version()
+        .await
+        .context("reading the API server's version")?;
     let config = NodeConfig {
         name: args.node_name,
         host_ip: args.host_ip,
         tick: Duration::from_millis(args.tick_ms.max(10)),
+        kubelet_version: server.git_version,
     };
     sim::run(client, config, shutdown).await?;
     tracing::info!("stopped");

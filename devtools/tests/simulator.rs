@@ -34,23 +34,18 @@ use serde_json::json;
 const DEADLINE: Duration = Duration::from_secs(30);
 const NODE: &str = "sim-node";
 
-/// A fresh namespace whose `default` ServiceAccount and its token Secret exist: a 1.20 API
-/// server refuses pods before they do.
+/// A fresh namespace whose `default` ServiceAccount exists: the API server refuses pods before
+/// it does.
 async fn namespace(client: &Client, prefix: &str) -> TestNamespace {
     let ns = TestNamespace::create(client, prefix).await;
     let accounts: Api<ServiceAccount> = Api::namespaced(client.clone(), &ns.name);
-    wait_until(
-        "the default ServiceAccount and its token",
-        DEADLINE,
-        || async {
-            match accounts.get_opt("default").await {
-                Ok(Some(sa)) if sa.secrets.as_ref().is_some_and(|s| !s.is_empty()) => Ok(()),
-                Ok(Some(_)) => Err("no token Secret yet".to_string()),
-                Ok(None) => Err("not yet created".to_string()),
-                Err(err) => Err(err.to_string()),
-            }
-        },
-    )
+    wait_until("the default ServiceAccount", DEADLINE, || async {
+        match accounts.get_opt("default").await {
+            Ok(Some(_)) => Ok(()),
+            Ok(None) => Err("not yet created".to_string()),
+            Err(err) => Err(err.to_string()),
+        }
+    })
     .await;
     ns
 }

@@ -86,8 +86,10 @@ pub async fn remove_deployment(ctx: &Context, install: &PluginInstall) -> Result
 
 /// Adds (`present`) or removes this operator's finalizer with a JSON patch that first tests
 /// the list it changes, so a concurrent change of the finalizers fails instead of being lost.
-/// (Server-side apply cannot do it on 1.20: managedFields there do not tell the main resource
-/// from its status, so the status applies take the finalizer's ownership away.)
+/// (It was needed on 1.20, whose managedFields did not tell the main resource from its status,
+/// so status applies took a server-side-applied finalizer's ownership away. Since 1.22 that is
+/// no longer so; the patch stays because it is one request that changes one list entry and
+/// fails on a concurrent change, and it works the same on every server.)
 pub async fn finalizer<K>(
     ctx: &Context,
     object: &K,

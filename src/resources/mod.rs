@@ -10,10 +10,9 @@
 //!   "string or object", so the field is free-form (`x-kubernetes-preserve-unknown-fields`) and
 //!   [`validate::validate_install`] checks its shape; a malformed value still reads, as
 //!   [`PluginReference::Invalid`].
-//! - Rules are enforced twice: by the API server (schema, patterns, and CEL rules on Kubernetes
-//!   1.25+) and by the operator ([`validate`]), because older servers have no CEL and refuse
-//!   `x-kubernetes-validations`. So `crds/` holds CRDs every version takes, `crds/cel/` the same
-//!   with CEL rules; [`crds_for_server`] picks for a given server.
+//! - Rules are enforced twice: by the API server (schema, patterns and CEL rules) and by the
+//!   operator ([`validate`]), so an object written before a rule existed, or one the operator
+//!   reads while a CRD is being upgraded, is still reported clearly instead of half-applied.
 //! - A formal PluginVersion's spec is immutable: a CEL transition rule refuses edits at admission,
 //!   and the operator records `status.acceptedSpecHash` ([`validate::spec_hash`]) when it accepts
 //!   one and refuses a spec that no longer matches. New spec fields must be optional and skipped
@@ -30,9 +29,7 @@ mod schema;
 pub mod validate;
 pub mod version_range;
 
-use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::{
-    CustomResourceDefinition, JSONSchemaProps, JSONSchemaPropsOrArray, JSONSchemaPropsOrBool,
-};
+use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use kube::CustomResourceExt;
 
 pub use conditions::{ConditionStatus, NewCondition, set_condition};
@@ -56,11 +53,7 @@ pub const GROUP: &str = "plugin-operator.dev";
 /// API version of the custom resources.
 pub const VERSION: &str = "v1alpha1";
 
-/// The first Kubernetes minor version (1.25) that evaluates CEL validation rules
-/// (`x-kubernetes-validations`) by default.
-pub const CEL_MIN_MINOR: u32 = 25;
-
-/// The CRDs, with everything the newest Kubernetes versions understand (CEL rules included).
+/// The CRDs, CEL validation rules included.
 pub fn crds() -> Vec<CustomResourceDefinition> {
     vec![
         Plugin::crd(),
@@ -69,59 +62,6 @@ pub fn crds() -> Vec<CustomResourceDefinition> {
         PluginJob::crd(),
     ]
 }
-
-/// The CRDs for an API server of Kubernetes `1.<minor>`. Before 1.25 the CEL rules
-/// (`x-kubernetes-validations`) are left out: such servers do not run them, and those that do not
-/// know the field refuse a server-side apply that carries it. The operator enforces the same
-/// rules itself ([`validate`]).
-pub fn crds_for_server(minor: u32) -> Vec<CustomResourceDefinition> {
-    let mut crds = crds();
-    if minor < CEL_MIN_MINOR {
-        for crd in &mut crds {
-            for version in &mut crd.spec.versions {
-                if let Some(schema) = version
-                    .schema
-                    .as_mut()
-                    .and_then(|s| s.open_api_v3_schema.as_mut())
-                {
-                    strip_validation_rules(schema);
-                }
-            }
-        }
-    }
-    crds
-}
-
-fn strip_validation_rules(schema: &mut JSONSchemaProps) {
-    schema.x_kubernetes_validations = None;
-    let properties = schema.properties.iter_mut().flat_map(|p| p.values_mut());
-    let items = schema.items.iter_mut().flat_map(|items| match items {
-        JSONSchemaPropsOrArray::Schema(s) => std::slice::from_mut(s.as_mut()),
-        JSONSchemaPropsOrArray::Schemas(all) => all.as_mut_slice(),
-    });
-    let additional = schema
-        .additional_properties
-        .iter_mut()
-        .filter_map(|a| match a {
-            JSONSchemaPropsOrBool::Schema(s) => Some(s.as_mut()),
-            JSONSchemaPropsOrBool::Bool(_) => None,
-        });
-    let junctors = [&mut schema.all_of, &mut schema.any_of, &mut schema.one_of]
-        .into_iter()
-        .flat_map(|list| list.iter_mut().flatten());
-    let not = schema.not.iter_mut().map(|n| n.as_mut());
-    for child in properties
-        .chain(items)
-        .chain(additional)
-        .chain(junctors)
-        .chain(not)
-    {
-        strip_validation_rules(child);
-    }
-}
-
-/// Subdirectory of `crds/` with the CRDs that carry CEL validation rules (Kubernetes 1.25+).
-pub const CEL_DIR: &str = "cel";
 
 /// File name of a CRD in `crds/`: the lowercase kind, e.g. `pluginversion.yaml`.
 pub fn crd_file_name(crd: &CustomResourceDefinition) -> String {
@@ -133,38 +73,11 @@ pub fn crd_yaml(crd: &CustomResourceDefinition) -> Result<String, serde_yaml::Er
     serde_yaml::to_string(crd)
 }
 
-/// The files of `crds/` (paths relative to it, and their text): one file per kind that every
-/// Kubernetes version takes (`kubectl apply -f crds/`), and in [`CEL_DIR`] the same CRDs with
-/// their CEL validation rules, for Kubernetes 1.25 and later.
+/// The files of `crds/` (paths relative to it, and their text): one file per kind.
 pub fn crd_files() -> Result<Vec<(std::path::PathBuf, String)>, serde_yaml::Error> {
-    let portable = "# Generated by `plugin-operator crds --out-dir crds`: do not edit.\n\
-                    # For every Kubernetes version. On 1.25 and later, cel/ beside this file has \
-                    the same CRDs with CEL validation rules.\n";
-    let cel = "# Generated by `plugin-operator crds --out-dir crds`: do not edit.\n\
-               # For Kubernetes 1.25 and later: with CEL validation rules \
-               (x-kubernetes-validations).\n";
-    let mut files = files_with_header(&crds_for_server(CEL_MIN_MINOR - 1), portable)?;
-    for (path, text) in files_with_header(&crds(), cel)? {
-        files.push((std::path::Path::new(CEL_DIR).join(path), text));
-    }
-    Ok(files)
-}
-
-/// One file per kind, for an API server of Kubernetes `1.<minor>` ([`crds_for_server`]).
-pub fn crd_files_for_server(
-    minor: u32,
-) -> Result<Vec<(std::path::PathBuf, String)>, serde_yaml::Error> {
-    let header = format!(
-        "# Generated by `plugin-operator crds --kubernetes-version 1.{minor}`: do not edit.\n"
-    );
-    files_with_header(&crds_for_server(minor), &header)
-}
-
-fn files_with_header(
-    crds: &[CustomResourceDefinition],
-    header: &str,
-) -> Result<Vec<(std::path::PathBuf, String)>, serde_yaml::Error> {
-    crds.iter()
+    let header = "# Generated by `plugin-operator crds --out-dir crds`: do not edit.\n";
+    crds()
+        .iter()
         .map(|crd| {
             Ok((
                 crd_file_name(crd).into(),
@@ -177,11 +90,6 @@ fn files_with_header(
 /// All CRDs as one multi-document YAML stream (what `plugin-operator crds` prints).
 pub fn crds_yaml() -> Result<String, serde_yaml::Error> {
     to_yaml_stream(&crds())
-}
-
-/// [`crds_for_server`] as one multi-document YAML stream.
-pub fn crds_yaml_for_server(minor: u32) -> Result<String, serde_yaml::Error> {
-    to_yaml_stream(&crds_for_server(minor))
 }
 
 fn to_yaml_stream(crds: &[CustomResourceDefinition]) -> Result<String, serde_yaml::Error> {

@@ -63,7 +63,7 @@ pub fn operator() -> &'static Operator {
 
 pub async fn install_crds(client: &Client) {
     let api: Api<CustomResourceDefinition> = Api::all(client.clone());
-    for crd in resources::crds_for_server(20) {
+    for crd in resources::crds() {
         let name = crd.name_any();
         api.patch(
             &name,
@@ -152,7 +152,7 @@ fn start_operator() -> Operator {
     }
 }
 
-/// Creates a namespace whose `default` ServiceAccount has its token (1.20 refuses pods before).
+/// Creates a namespace whose `default` ServiceAccount exists (pods are refused before it does).
 pub async fn namespace(client: &Client, prefix: &str) -> testkit::TestNamespace {
     let ns = testkit::TestNamespace::create(client, prefix).await;
     ready_namespace(client, &ns.name).await;
@@ -162,13 +162,12 @@ pub async fn namespace(client: &Client, prefix: &str) -> testkit::TestNamespace 
 pub async fn ready_namespace(client: &Client, name: &str) {
     let sas: Api<k8s_openapi::api::core::v1::ServiceAccount> =
         Api::namespaced(client.clone(), name);
-    wait_until("the default ServiceAccount's token", DEADLINE, || {
+    wait_until("the default ServiceAccount", DEADLINE, || {
         let sas = sas.clone();
         async move {
-            let sa = sas.get_opt("default").await.map_err(|e| e.to_string())?;
-            match sa.and_then(|s| s.secrets).filter(|s| !s.is_empty()) {
+            match sas.get_opt("default").await.map_err(|e| e.to_string())? {
                 Some(_) => Ok(()),
-                None => Err("no token yet".into()),
+                None => Err("no default ServiceAccount yet".into()),
             }
         }
     })

@@ -29,6 +29,9 @@ pub struct NodeConfig {
     pub host_ip: String,
     /// How often every pod is looked at, besides when it changes.
     pub tick: Duration,
+    /// The kubelet version the node reports: the API server's own, as a kubelet of the same
+    /// release would (`kubectl get nodes` shows it).
+    pub kubelet_version: String,
 }
 
 impl Default for NodeConfig {
@@ -37,6 +40,7 @@ impl Default for NodeConfig {
             name: "sim-node".to_string(),
             host_ip: "127.0.0.1".to_string(),
             tick: Duration::from_millis(250),
+            kubelet_version: "v0.0.0-sim".to_string(),
         }
     }
 }
