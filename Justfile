@@ -28,9 +28,10 @@ demo:
 # Everything a contributor must pass: format, lints, unit and end-to-end tests
 test: tools fmt-check lint unit e2e
 
-# Unit tests (no cluster needed)
+# Unit tests and the CRD drift check (no cluster needed)
 unit:
     cargo test --workspace --lib --bins
+    cargo test --test crd_files
 
 # End-to-end tests against the local control plane (started when needed)
 e2e: cluster-up
