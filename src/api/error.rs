@@ -7,6 +7,8 @@ use axum::{
     response::{IntoResponse, Response},
 };
 
+use crate::runtime::call::CallError;
+
 /// One problem with a request: the field (`body`, `domain_id`, `labels.team`, `spec.type`, …)
 /// and what is wrong with it.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -100,10 +102,9 @@ impl ApiError {
     }
 
     /// A failed API call made on the caller's behalf (a write or a token request).
-    pub fn from_kube(what: &str, err: &crate::reconcile::Error) -> Self {
-        use crate::reconcile::Error;
+    pub fn from_kube(what: &str, err: &CallError) -> Self {
         match err {
-            Error::Kube(kube::Error::Api(status)) => {
+            CallError::Kube(kube::Error::Api(status)) => {
                 let message = format!("{what}: {}", status.message);
                 match status.code {
                     404 => Self::NotFound(message),
@@ -129,11 +130,11 @@ impl ApiError {
                     _ => Self::Internal(message),
                 }
             }
-            Error::Timeout(_) => Self::Unavailable {
+            CallError::Timeout(_) => Self::Unavailable {
                 message: format!("{what}: the API server did not answer in time"),
                 retry_after: 5,
             },
-            Error::Kube(other) => Self::Internal(format!("{what}: {other}")),
+            CallError::Kube(other) => Self::Internal(format!("{what}: {other}")),
         }
     }
 
@@ -171,7 +172,7 @@ pub fn respond(error: &ApiError, body: impl serde::Serialize) -> Response {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::reconcile::Error;
+    use crate::runtime::call::CallError as Error;
     use kube::core::Status;
 
     fn api(code: u16, reason: &str, message: &str) -> Error {

@@ -27,7 +27,7 @@ use axum::{
     routing::get,
 };
 use k8s_openapi::jiff::Timestamp;
-use kube::{Client, Resource, ResourceExt};
+use kube::Client;
 use semver::Version;
 use utoipa::{
     Modify, OpenApi,
@@ -36,12 +36,12 @@ use utoipa::{
 use utoipa_axum::{router::OpenApiRouter, routes};
 
 use crate::{
-    reconcile::install::{find_plugin, plugin_versions},
+    lifecycle::versions,
     resources::{Plugin, PluginInstall, PluginVersion},
-    runtime::cache::{self, Caches},
+    runtime::{cache::Caches, clock::Clock},
 };
 
-use auth::{Auth, Now};
+use auth::Auth;
 use backend::{Backend, KubeBackend};
 
 /// What the handlers share.
@@ -55,21 +55,15 @@ struct Shared {
     auth: Auth,
     backend: Arc<dyn Backend>,
     tokens: seed000::IssuedTokens,
-    now: Now,
+    clock: Clock,
     ready: AtomicBool,
 }
 
 impl ApiState {
     /// The API as `plugin-operator run` serves it: the operator's client asks the API server.
-    pub fn new(client: Client, caches: Caches, catalog_namespace: String) -> Self {
+    pub fn new(client: Client, caches: Caches, catalog_namespace: String, clock: Clock) -> Self {
         let backend = Arc::new(KubeBackend::new(client.clone()));
-        Self::with_backend(
-            client,
-            caches,
-            catalog_namespace,
-            backend,
-            auth::system_now(),
-        )
+        Self::with_backend(client, caches, catalog_namespace, backend, clock)
     }
 
     /// With another [`Backend`] and clock (tests, the benchmark). `client` is used for writes
@@ -79,16 +73,16 @@ impl ApiState {
         caches: Caches,
         catalog_namespace: String,
         backend: Arc<dyn Backend>,
-        now: Now,
+        clock: Clock,
     ) -> Self {
         Self(Arc::new(Shared {
             client,
             caches,
             catalog_namespace,
-            auth: Auth::new(backend.clone(), now.clone()),
+            auth: Auth::new(backend.clone(), clock.clone()),
             backend,
             tokens: seed000::IssuedTokens::default(),
-            now,
+            clock,
             ready: AtomicBool::new(false),
         }))
     }
@@ -127,33 +121,30 @@ impl ApiState {
     }
 
     pub fn now(&self) -> Timestamp {
-        (self.0.now)()
+        self.0.clock.now()
     }
 
     /// An install by `metadata.uid`, in any namespace.
     pub fn install_by_uid(&self, uid: &str) -> Option<Arc<PluginInstall>> {
-        cache::select(&self.0.caches.installs, |i| {
-            i.meta().uid.as_deref() == Some(uid)
-        })
-        .into_iter()
-        .next()
+        self.0.caches.install_by_uid(uid)
     }
 
     /// The Plugin an install runs, if it may use it.
     pub fn plugin_of(&self, install: &PluginInstall) -> Option<Arc<Plugin>> {
-        find_plugin(install, &self.0.caches, &self.0.catalog_namespace).ok()
+        self.0
+            .caches
+            .plugin_of(install, &self.0.catalog_namespace)
+            .ok()
     }
 
-    /// A version of a plugin, by number.
+    /// A version of a plugin, by number (a `status.version` string; `None` when it is not one).
     pub fn version_of(&self, plugin: &Plugin, version: &str) -> Option<Arc<PluginVersion>> {
         let wanted = Version::parse(version).ok()?;
-        plugin_versions(
-            &self.0.caches,
-            &plugin.namespace().unwrap_or_default(),
-            &plugin.name_any(),
-        )
-        .into_iter()
-        .find(|v| Version::parse(&v.spec.version).is_ok_and(|n| n.cmp_precedence(&wanted).is_eq()))
+        self.0
+            .caches
+            .versions_of_plugin(plugin)
+            .into_iter()
+            .find(|v| versions::number(v).is_some_and(|n| n.cmp_precedence(&wanted).is_eq()))
     }
 }
 

@@ -30,9 +30,12 @@ use super::{
     is_namespace_name,
 };
 use crate::{
-    reconcile::{build::FIELD_MANAGER, install::REPORTED_FAILURE_ANNOTATION, with_timeout},
-    resources::{Phase, PluginInstall, UpgradeMode, VersionSelector},
-    runtime::cache,
+    lifecycle::access,
+    resources::{
+        Phase, PluginInstall, UpgradeMode, VersionSelector,
+        names::{FIELD_MANAGER, annotations},
+    },
+    runtime::{cache, call::with_timeout},
 };
 
 /// Lifetime of a plugin access token (the API server's minimum for TokenRequest).
@@ -258,10 +261,9 @@ fn same_plugin(path: &str, body: &str) -> std::result::Result<(), ApiError> {
 fn installs_of(state: &ApiState, namespace: &str, plugin: &str) -> Vec<Arc<PluginInstall>> {
     let catalog = state.catalog_namespace();
     let mut installs = cache::select(&state.caches().installs, |i| {
-        let plugin_ns = i.spec.plugin.namespace_or(namespace);
         cache::in_namespace(i, namespace)
             && i.spec.plugin.name() == plugin
-            && (plugin_ns == namespace || plugin_ns == catalog)
+            && access::plugin_namespace(i, catalog).is_ok()
             && i.meta().deletion_timestamp.is_none()
     });
     installs.sort_by_key(|i| i.name_any());
@@ -480,7 +482,7 @@ pub async fn notify_failure(
         "message": format!("{} reported a failure of version {version}", request.supervisor_id),
     })
     .to_string();
-    let patch = json!({"metadata": {"annotations": {REPORTED_FAILURE_ANNOTATION: report}}});
+    let patch = json!({"metadata": {"annotations": {annotations::REPORTED_FAILURE: report}}});
     let api: Api<PluginInstall> = Api::namespaced(state.client().clone(), namespace);
     let params = PatchParams {
         field_manager: Some(FIELD_MANAGER.to_owned()),

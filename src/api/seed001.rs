@@ -24,9 +24,10 @@ use super::{
     is_namespace_name,
 };
 use crate::{
-    reconcile::{build::FIELD_MANAGER, with_timeout},
+    resources::names::FIELD_MANAGER,
     resources::{Plugin, PluginSpec},
     runtime::cache,
+    runtime::call::with_timeout,
 };
 
 /// Annotations that keep what the seed registers and a Plugin has no field for.

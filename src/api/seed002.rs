@@ -25,9 +25,10 @@ use super::{
     extract::{Authenticated, Fields, FromJson, JsonBody, SeedPath, SeedQuery},
 };
 use crate::{
-    reconcile::{build::FIELD_MANAGER, with_timeout},
+    resources::names::FIELD_MANAGER,
     resources::{ConnectionMode, Phase, PluginInstall, validate},
     runtime::cache,
+    runtime::call::with_timeout,
 };
 
 /// Seed 002's error body.
@@ -433,12 +434,8 @@ fn config_schema(state: &ApiState, install: &PluginInstall) -> Option<Value> {
     let status = install.status.clone().unwrap_or_default();
     let named = status.target_version.or(status.version).or_else(|| {
         let selector = crate::resources::VersionSelector::parse(&install.spec.version).ok()?;
-        let versions = crate::reconcile::install::plugin_versions(
-            state.caches(),
-            &plugin.namespace().unwrap_or_default(),
-            &plugin.name_any(),
-        );
-        crate::reconcile::install::candidates(&versions)
+        let versions = state.caches().versions_of_plugin(&plugin);
+        crate::lifecycle::versions::candidates(&versions)
             .into_iter()
             .filter(|c| selector.matches(&c.version))
             .filter(|c| c.formal || selector.exact().is_some())

@@ -3,9 +3,10 @@
 //! and jobs.
 //!
 //! - Credentials: each install has a Secret `<install>-credentials` (`client_id` =
-//!   `<namespace>.<install>`, a random `client_secret`; the reconciler creates it once and
-//!   rotates it when the install's `plugin-operator.dev/rotate-credentials` annotation changes).
-//!   The plugin's pods mount it at `/etc/plugin/credentials`.
+//!   `<namespace>.<install>`, a random `client_secret`; only the controller creates it, once, and
+//!   rotates it when the install's `plugin-operator.dev/rotate-credentials` annotation changes;
+//!   the token route answers 503 with `Retry-After` until then). The plugin's pods mount it at
+//!   `/etc/plugin/credentials`.
 //! - Access tokens are TokenRequests for the install's ServiceAccount with the audience
 //!   [`AUDIENCE`]: anyone verifies them with a TokenReview for that audience, without the
 //!   operator. Refresh tokens are random; only their SHA-256 is kept (with the expiry) in the
@@ -52,13 +53,6 @@ impl Default for Settings {
 }
 
 impl Settings {
-    pub fn from_args(args: &crate::cli::RunArgs) -> Self {
-        Self {
-            access_token_seconds: args.plugin_access_token_seconds,
-            refresh_token_seconds: args.plugin_refresh_token_seconds,
-        }
-    }
-
     /// The layer that hands these settings to the routes.
     pub fn extension(self) -> axum::Extension<Self> {
         axum::Extension(self)

@@ -525,11 +525,7 @@ pub async fn detail_route(
             .into());
         }
     };
-    let versions = crate::reconcile::install::plugin_versions(
-        state.caches(),
-        &plugin.namespace().unwrap_or_default(),
-        &plugin.name_any(),
-    );
+    let versions = state.caches().versions_of_plugin(&plugin);
     let version = pick_version(&versions, wanted.as_ref()).ok_or_else(|| match &wanted {
         Some(v) => ApiError::NotFound(format!("plugin {name:?} has no version {v}")),
         None => ApiError::NotFound(format!("plugin {name:?} has no formal version")),

@@ -8,17 +8,14 @@ use kube::{
 };
 use serde::{Serialize, de::DeserializeOwned};
 
-use super::{
-    Context, Error,
-    build::{Children, FIELD_MANAGER, annotations},
-    with_timeout,
-};
+use super::{Context, Error, build::Children};
 use crate::{
     resources::{
         Plugin, PluginInstall, PluginInstallStatus, PluginStatus, PluginVersion,
         PluginVersionStatus,
+        names::{FIELD_MANAGER, annotations},
     },
-    runtime::cache,
+    runtime::{cache, call::with_timeout},
 };
 
 fn apply_params() -> PatchParams {
@@ -79,8 +76,8 @@ pub async fn remove_deployment(ctx: &Context, install: &PluginInstall) -> Result
             ctx.metrics.wrote("Deployment");
             Ok(())
         }
-        Err(Error::Kube(kube::Error::Api(status))) if status.code == 404 => Ok(()),
-        Err(err) => Err(err),
+        Err(err) if err.is_not_found() => Ok(()),
+        Err(err) => Err(err.into()),
     }
 }
 
@@ -136,8 +133,8 @@ where
     .await
     {
         Ok(_) => {}
-        Err(Error::Kube(kube::Error::Api(status))) if status.code == 404 => {}
-        Err(err) => return Err(err),
+        Err(err) if err.is_not_found() => {}
+        Err(err) => return Err(err.into()),
     }
     ctx.metrics.wrote(K::kind(&()).as_ref());
     Ok(())

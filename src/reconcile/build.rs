@@ -20,30 +20,13 @@ use kube::{Resource, ResourceExt, api::ObjectMeta};
 use serde::Serialize;
 use sha2::{Digest, Sha256};
 
-use crate::resources::{Execution, PluginInstall};
-
-/// The one field manager of every write (SPEC §1).
-pub const FIELD_MANAGER: &str = "plugin-operator";
-
-pub mod labels {
-    pub const MANAGED_BY: &str = "app.kubernetes.io/managed-by";
-    pub const MANAGED_BY_VALUE: &str = "plugin-operator";
-    pub const PLUGIN: &str = "plugin-operator.dev/plugin";
-    pub const INSTALL: &str = "plugin-operator.dev/install";
-    pub const VERSION: &str = "plugin-operator.dev/version";
-    /// On pods: the hash of the pod template they were made from, so the lifecycle looks only at
-    /// pods of the template it wants.
-    pub const TEMPLATE: &str = "plugin-operator.dev/template";
-}
-
-pub mod annotations {
-    /// On every child: the hash of what the operator last applied. Equal hash, no write.
-    pub const APPLIED: &str = "plugin-operator.dev/applied";
-    /// On the pod template: bumped to restart the pods (the operator's one restart).
-    pub const RESTART: &str = "plugin-operator.dev/restart";
-    /// On the pod template: the config's hash, so a config change rolls the pods.
-    pub const CONFIG: &str = "plugin-operator.dev/config";
-}
+use crate::resources::{
+    Execution, PluginInstall,
+    names::{
+        annotations, child_labels, client_id, config_map_name, credentials, credentials_rotation,
+        credentials_secret_name, labels,
+    },
+};
 
 /// Name of the container that runs the plugin.
 pub const CONTAINER: &str = "plugin";
@@ -56,37 +39,6 @@ pub const CONFIG_KEY: &str = "config.json";
 
 /// Where an install's credentials (seed 003: `client_id`, `client_secret`) are mounted.
 pub const CREDENTIALS_DIR: &str = "/etc/plugin/credentials";
-
-/// The install's credentials Secret: keys and annotations.
-pub mod credentials {
-    pub const CLIENT_ID: &str = "client_id";
-    pub const CLIENT_SECRET: &str = "client_secret";
-    /// SHA-256 (hex) of each live refresh token → its expiry (Unix seconds), as JSON.
-    pub const REFRESH_TOKENS: &str = "refresh_tokens";
-    /// On the install: a new value rotates the credentials (new secret, refresh tokens revoked).
-    pub const ROTATE_ANNOTATION: &str = "plugin-operator.dev/rotate-credentials";
-    /// On the Secret: the `rotate-credentials` value its secret was generated for.
-    pub const ROTATION_ANNOTATION: &str = "plugin-operator.dev/credentials-rotation";
-}
-
-/// Name of the Secret that holds an install's credentials.
-pub fn credentials_secret_name(install: &str) -> String {
-    format!("{install}-credentials")
-}
-
-/// The client id of an install: `<namespace>.<install>` (a namespace has no dots).
-pub fn client_id(namespace: &str, install: &str) -> String {
-    format!("{namespace}.{install}")
-}
-
-/// The `rotate-credentials` annotation of an install ("" without).
-pub fn credentials_rotation(install: &PluginInstall) -> String {
-    install
-        .annotations()
-        .get(credentials::ROTATE_ANNOTATION)
-        .cloned()
-        .unwrap_or_default()
-}
 
 /// A fresh credentials Secret for an install: its client id, `client_secret`, no refresh tokens;
 /// owned by the install, labelled like every child, marked with the rotation it was made for.
@@ -146,28 +98,6 @@ pub struct Children {
     pub deployment: Deployment,
     /// Hash of the Deployment's pod template (the pods' `plugin-operator.dev/template` label).
     pub template_hash: String,
-}
-
-/// Name of the ConfigMap that holds an install's config.
-pub fn config_map_name(install: &str) -> String {
-    format!("{install}-config")
-}
-
-/// The in-cluster URL of a supervised install.
-pub fn service_endpoint(install: &str, namespace: &str, port: i32) -> String {
-    format!("http://{install}.{namespace}.svc:{port}")
-}
-
-/// The labels every child carries (SPEC §1).
-pub fn child_labels(plugin: &str, install: &str) -> BTreeMap<String, String> {
-    BTreeMap::from([
-        (
-            labels::MANAGED_BY.to_owned(),
-            labels::MANAGED_BY_VALUE.to_owned(),
-        ),
-        (labels::PLUGIN.to_owned(), plugin.to_owned()),
-        (labels::INSTALL.to_owned(), install.to_owned()),
-    ])
 }
 
 /// A stable short hash of anything serializable.

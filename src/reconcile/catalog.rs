@@ -6,8 +6,9 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use kube::{Resource, ResourceExt, runtime::controller::Action};
 use semver::Version;
 
-use super::{Context, Error, apply, install};
+use super::{Context, Error, apply};
 use crate::{
+    lifecycle::{access, versions},
     resources::{
         NewCondition, Plugin, PluginInstall, PluginStatus, PluginVersion, PluginVersionStatus,
         conditions::{self, ConditionStatus, reason},
@@ -22,8 +23,7 @@ pub async fn reconcile_plugin(plugin: Arc<Plugin>, ctx: Arc<Context>) -> Result<
         return Ok(Action::await_change());
     }
     let plugin = ctx.recent.plugins.fresh(plugin);
-    let namespace = plugin.namespace().unwrap_or_default();
-    let versions = install::plugin_versions(&ctx.caches, &namespace, &plugin.name_any());
+    let versions = ctx.caches.versions_of_plugin(&plugin);
     let installs = cache::select(&ctx.caches.installs, |_| true);
     let status = plugin_status(
         &plugin,
@@ -51,20 +51,14 @@ pub fn plugin_status(
         .filter_map(|v| {
             Version::parse(&v.spec.version)
                 .ok()
-                .map(|parsed| (parsed, v.spec.is_formal() && install::is_accepted(v)))
+                .map(|parsed| (parsed, v.spec.is_formal() && versions::is_accepted(v)))
         })
         .collect();
     all.sort_by(|a, b| b.0.cmp(&a.0));
     all.dedup_by(|a, b| a.0 == b.0);
     let install_count = installs
         .iter()
-        .filter(|i| {
-            let own = i.namespace().unwrap_or_default();
-            let target_ns = i.spec.plugin.namespace_or(&own);
-            i.spec.plugin.name() == name
-                && target_ns == namespace
-                && (own == namespace || namespace == catalog)
-        })
+        .filter(|i| access::uses_plugin(i, &namespace, &name, catalog))
         .count();
     let mut status = plugin.status.clone().unwrap_or_default();
     status.latest_version = all
@@ -114,7 +108,7 @@ pub async fn reconcile_version(
         _ => {}
     }
     let plugin_exists = cache::get(&ctx.caches.plugins, &namespace, &version.spec.plugin).is_some();
-    let siblings = install::plugin_versions(&ctx.caches, &namespace, &version.spec.plugin);
+    let siblings = ctx.caches.versions_of(&namespace, &version.spec.plugin);
     let now = Time(ctx.clock.now());
     let mut status = version_status(&version, plugin_exists, &siblings, now.clone());
     set(
@@ -140,12 +134,7 @@ pub fn holders(
     let number = Version::parse(&version.spec.version).ok();
     let mut held: Vec<String> = installs
         .iter()
-        .filter(|i| {
-            let own = i.namespace().unwrap_or_default();
-            i.spec.plugin.name() == version.spec.plugin
-                && i.spec.plugin.namespace_or(&own) == namespace
-                && (own == namespace || namespace == catalog)
-        })
+        .filter(|i| access::uses_plugin(i, &namespace, &version.spec.plugin, catalog))
         .filter(|i| {
             let status = i.status.as_ref();
             let uses = |v: Option<&String>| {

@@ -17,21 +17,20 @@ use serde_json::{Map, Value};
 use super::{Context, Error, apply, build, events::Transition};
 use crate::{
     lifecycle::{
+        access::Refusal,
         phase::{self, DeploymentView, Observation, PodView, ReportedFailure},
         resolve::{self, Candidate, Resolution},
+        versions::{candidates, is_pending},
     },
     resources::{
         ConnectionMode, Failure, HistoryEntry, NewCondition, Phase, Plugin, PluginInstall,
         PluginInstallStatus, PluginVersion, RolloutOutcome, VersionSelector,
         conditions::{self, ConditionStatus, reason},
+        names::{self, FIELD_MANAGER, annotations, credentials, labels},
         validate::{self, FieldError},
     },
-    runtime::cache,
+    runtime::{cache, call::with_timeout, random},
 };
-
-/// Annotation a caller (seed 000 `notify-failure`) sets on an install to report a failure:
-/// JSON `{"reportedBy": "...", "at": "<RFC 3339>", "message": "..."}`.
-pub const REPORTED_FAILURE_ANNOTATION: &str = "plugin-operator.dev/reported-failure";
 
 /// How often a settled install is looked at again even without a change.
 const RESYNC: Duration = Duration::from_secs(300);
@@ -56,13 +55,6 @@ pub struct World<'a> {
     /// For an external plugin: whether its endpoint answered a health check.
     pub external_health: Option<Result<(), String>>,
     pub now: Timestamp,
-}
-
-/// Why an install cannot use the plugin it names.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Refusal {
-    pub reason: &'static str,
-    pub message: String,
 }
 
 /// What one reconcile does.
@@ -123,16 +115,6 @@ pub async fn reconcile(install: Arc<PluginInstall>, ctx: Arc<Context>) -> Result
 // ---------------------------------------------------------------------------------------------
 // credentials (seed 003)
 
-/// 32 random bytes, URL-safe base64 without padding: a client secret or a refresh token.
-pub fn random_secret() -> String {
-    use base64::Engine;
-    let mut bytes = [0_u8; 32];
-    // The OS's generator; failing it is unrecoverable (no safe secret can be made).
-    #[allow(clippy::expect_used)]
-    getrandom::fill(&mut bytes).expect("the OS random number generator");
-    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes)
-}
-
 /// The install's credentials Secret: created when missing (never overwritten), and made anew
 /// (new `client_secret`, every refresh token revoked) when the install's `rotate-credentials`
 /// annotation differs from the one recorded on the Secret. A GET when nothing changes; the
@@ -143,38 +125,35 @@ pub async fn ensure_credentials(
     install: &PluginInstall,
     plugin: &str,
 ) -> Result<Secret, Error> {
-    use super::with_timeout;
     use kube::api::PostParams;
     let namespace = install.namespace().unwrap_or_default();
     let api: Api<Secret> = Api::namespaced(client.clone(), &namespace);
-    let name = build::credentials_secret_name(&install.name_any());
+    let name = names::credentials_secret_name(&install.name_any());
     let params = PostParams {
-        field_manager: Some(build::FIELD_MANAGER.to_owned()),
+        field_manager: Some(FIELD_MANAGER.to_owned()),
         ..Default::default()
     };
-    let wanted = build::credentials_rotation(install);
+    let wanted = names::credentials_rotation(install);
     match with_timeout(api.get_opt(&name)).await? {
         None => {
-            let secret = build::credentials_secret(install, plugin, &random_secret());
+            let secret = build::credentials_secret(install, plugin, &random::secret()?);
             match with_timeout(api.create(&params, &secret)).await {
                 Ok(created) => {
                     tracing::info!(install = %install.name_any(), %namespace, "credentials created");
                     Ok(created)
                 }
-                Err(Error::Kube(kube::Error::Api(status))) if status.code == 409 => {
-                    Ok(with_timeout(api.get(&name)).await?)
-                }
-                Err(err) => Err(err),
+                Err(err) if err.is_conflict() => Ok(with_timeout(api.get(&name)).await?),
+                Err(err) => Err(err.into()),
             }
         }
         Some(existing)
             if existing
                 .annotations()
-                .get(build::credentials::ROTATION_ANNOTATION)
+                .get(credentials::ROTATION_ANNOTATION)
                 .map_or("", String::as_str)
                 != wanted =>
         {
-            let mut secret = build::credentials_secret(install, plugin, &random_secret());
+            let mut secret = build::credentials_secret(install, plugin, &random::secret()?);
             secret.metadata.resource_version = existing.metadata.resource_version.clone();
             let replaced = with_timeout(api.replace(&name, &params, &secret)).await?;
             tracing::info!(install = %install.name_any(), %namespace, "credentials rotated; refresh tokens revoked");
@@ -190,18 +169,14 @@ pub async fn ensure_credentials(
 async fn fetch<'a>(install: &'a PluginInstall, ctx: &Context) -> Result<World<'a>, Error> {
     let namespace = install.namespace().unwrap_or_default();
     let name = install.name_any();
-    let plugin = find_plugin(install, &ctx.caches, &ctx.catalog_namespace);
+    let plugin = ctx.caches.plugin_of(install, &ctx.catalog_namespace);
     let versions = match &plugin {
-        Ok(p) => plugin_versions(
-            &ctx.caches,
-            &p.namespace().unwrap_or_default(),
-            &p.name_any(),
-        ),
+        Ok(p) => ctx.caches.versions_of_plugin(p),
         Err(_) => Vec::new(),
     };
     let deployment = cache::get(&ctx.caches.deployments, &namespace, &name);
     let pods = cache::select(&ctx.caches.pods, |p| {
-        cache::in_namespace(p, &namespace) && p.labels().get(build::labels::INSTALL) == Some(&name)
+        cache::in_namespace(p, &namespace) && p.labels().get(labels::INSTALL) == Some(&name)
     });
     let secret_config = if install.spec.active {
         read_config_secrets(ctx, install).await?
@@ -229,42 +204,6 @@ async fn fetch<'a>(install: &'a PluginInstall, ctx: &Context) -> Result<World<'a
     })
 }
 
-/// The Plugin an install names, if it may use it: one in its own namespace, or in the catalog.
-pub fn find_plugin(
-    install: &PluginInstall,
-    caches: &cache::Caches,
-    catalog: &str,
-) -> Result<Arc<Plugin>, Refusal> {
-    let own = install.namespace().unwrap_or_default();
-    let reference = &install.spec.plugin;
-    let plugin_ns = reference.namespace_or(&own);
-    if plugin_ns != own && plugin_ns != catalog {
-        return Err(Refusal {
-            reason: reason::PLUGIN_NOT_INSTALLABLE,
-            message: format!(
-                "spec.plugin: {reference} is in namespace {plugin_ns}; only plugins of this namespace or of the catalog namespace {catalog} can be installed"
-            ),
-        });
-    }
-    cache::get(&caches.plugins, plugin_ns, reference.name()).ok_or_else(|| Refusal {
-        reason: reason::PLUGIN_NOT_FOUND,
-        message: format!(
-            "spec.plugin: there is no Plugin {} in namespace {plugin_ns}",
-            reference.name()
-        ),
-    })
-}
-
-pub fn plugin_versions(
-    caches: &cache::Caches,
-    namespace: &str,
-    plugin: &str,
-) -> Vec<Arc<PluginVersion>> {
-    cache::select(&caches.versions, |v| {
-        cache::in_namespace(v, namespace) && v.spec.plugin == plugin
-    })
-}
-
 /// Reads the `configFrom` Secrets. A missing Secret is a config error (unless optional); an
 /// API failure is transient.
 async fn read_config_secrets(
@@ -278,7 +217,7 @@ async fn read_config_secrets(
     let api: Api<Secret> =
         Api::namespaced(ctx.client.clone(), &install.namespace().unwrap_or_default());
     for (index, source) in install.spec.config_from.iter().enumerate() {
-        let secret = super::with_timeout(api.get_opt(&source.name)).await?;
+        let secret = with_timeout(api.get_opt(&source.name)).await?;
         let optional = source.optional.unwrap_or(false);
         let Some(secret) = secret else {
             if optional {
@@ -489,7 +428,7 @@ fn plan_supervised(mut outcome: Outcome<'_>, world: &World<'_>, plugin: &Plugin)
     let pods = pod_views(&world.pods, &children.template_hash);
     let report = reported_failure(install);
     let active_since = conditions::find_condition(&outcome.status.conditions, conditions::READY)
-        .filter(|c| c.status == "True")
+        .filter(|c| ConditionStatus::of(c) == ConditionStatus::True)
         .map(|c| c.last_transition_time.0);
     let observation = Observation {
         previous: outcome.previous,
@@ -600,7 +539,7 @@ fn plan_supervised(mut outcome: Outcome<'_>, world: &World<'_>, plugin: &Plugin)
     }
 
     outcome.set_available(&resolution, install.spec.upgrade_mode);
-    outcome.status.endpoint = Some(build::service_endpoint(
+    outcome.status.endpoint = Some(names::service_endpoint(
         &install.name_any(),
         &install.namespace().unwrap_or_default(),
         execution_port(world, &target),
@@ -661,9 +600,7 @@ fn is_input_error(reason: &str) -> bool {
 
 /// Versions whose acceptance the operator has not decided yet (just created or changed).
 fn pending_versions(versions: &[Arc<PluginVersion>]) -> bool {
-    versions
-        .iter()
-        .any(|v| v.status.as_ref().and_then(|s| s.observed_generation) != v.meta().generation)
+    versions.iter().any(|v| is_pending(v))
 }
 
 fn resolve_target(
@@ -688,42 +625,6 @@ fn resolve_target(
         failed: &failed,
     };
     resolve::resolve(&request, candidates)
-}
-
-/// Versions that may run: Accepted for their current spec.
-pub fn candidates(versions: &[Arc<PluginVersion>]) -> Vec<Candidate> {
-    versions
-        .iter()
-        .filter(|v| is_accepted(v))
-        .filter_map(|v| {
-            Version::parse(&v.spec.version)
-                .ok()
-                .map(|version| Candidate {
-                    version,
-                    formal: v.spec.is_formal(),
-                })
-        })
-        .collect()
-}
-
-/// Accepted, and the acceptance is about the current spec: the generation it was decided for,
-/// or (for a formal version, whose generation also moves when it is being deleted) the spec's
-/// fingerprint.
-pub fn is_accepted(version: &PluginVersion) -> bool {
-    let Some(status) = &version.status else {
-        return false;
-    };
-    let Some(accepted) = conditions::find_condition(&status.conditions, conditions::ACCEPTED)
-    else {
-        return false;
-    };
-    if accepted.status != "True" {
-        return false;
-    }
-    accepted.observed_generation == version.meta().generation
-        || (version.spec.is_formal()
-            && status.accepted_spec_hash.as_deref()
-                == Some(validate::spec_hash(&version.spec).as_str()))
 }
 
 fn find_version<'a>(world: &'a World<'_>, version: &str) -> Option<&'a PluginVersion> {
@@ -839,7 +740,7 @@ fn deployment_view(deployment: &Deployment, desired_template: &str) -> Deploymen
     let template_label = spec
         .and_then(|s| s.template.metadata.as_ref())
         .and_then(|m| m.labels.as_ref())
-        .and_then(|l| l.get(build::labels::TEMPLATE));
+        .and_then(|l| l.get(labels::TEMPLATE));
     let generation = deployment.meta().generation.unwrap_or(0);
     DeploymentView {
         has_desired_template: template_label.map(String::as_str) == Some(desired_template),
@@ -859,9 +760,7 @@ fn deployment_view(deployment: &Deployment, desired_template: &str) -> Deploymen
 fn pod_views(pods: &[Arc<Pod>], desired_template: &str) -> Vec<PodView> {
     pods.iter()
         .filter(|p| p.meta().deletion_timestamp.is_none())
-        .filter(|p| {
-            p.labels().get(build::labels::TEMPLATE).map(String::as_str) == Some(desired_template)
-        })
+        .filter(|p| p.labels().get(labels::TEMPLATE).map(String::as_str) == Some(desired_template))
         .map(|p| pod_view(p))
         .collect()
 }
@@ -904,7 +803,7 @@ fn pod_view(pod: &Pod) -> PodView {
 }
 
 fn reported_failure(install: &PluginInstall) -> Option<ReportedFailure> {
-    let raw = install.annotations().get(REPORTED_FAILURE_ANNOTATION)?;
+    let raw = install.annotations().get(annotations::REPORTED_FAILURE)?;
     #[derive(serde::Deserialize)]
     #[serde(rename_all = "camelCase")]
     struct Report {

@@ -85,6 +85,22 @@ impl ConditionStatus {
     }
 }
 
+impl ConditionStatus {
+    /// Reads a status as written (`True`, `False`; anything else is `Unknown`).
+    pub fn parse(status: &str) -> Self {
+        match status {
+            "True" => Self::True,
+            "False" => Self::False,
+            _ => Self::Unknown,
+        }
+    }
+
+    /// The status of a condition.
+    pub fn of(condition: &Condition) -> Self {
+        Self::parse(&condition.status)
+    }
+}
+
 impl From<bool> for ConditionStatus {
     fn from(value: bool) -> Self {
         if value { Self::True } else { Self::False }
@@ -173,7 +189,8 @@ pub fn find_condition<'a>(conditions: &'a [Condition], type_: &str) -> Option<&'
 
 /// Whether the condition of type `type_` is `True`.
 pub fn is_condition_true(conditions: &[Condition], type_: &str) -> bool {
-    find_condition(conditions, type_).is_some_and(|c| c.status == ConditionStatus::True.as_str())
+    find_condition(conditions, type_)
+        .is_some_and(|c| ConditionStatus::of(c) == ConditionStatus::True)
 }
 
 /// Removes the condition of type `type_`. Returns whether there was one.

@@ -22,6 +22,7 @@
 #[cfg(test)]
 mod cel_tests;
 pub mod conditions;
+pub mod names;
 pub mod plugin;
 pub mod plugin_install;
 pub mod plugin_job;

@@ -2,6 +2,10 @@
 //! the admin server, metrics and telemetry.
 pub mod admin;
 pub mod cache;
+pub mod call;
+pub mod clock;
 pub mod leader;
+mod lookup;
 pub mod metrics;
+pub mod random;
 pub mod telemetry;

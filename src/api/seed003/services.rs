@@ -34,13 +34,12 @@ use crate::{
         extract::{json_object, token, type_name},
         is_uid,
     },
-    reconcile::{
-        build::{self, FIELD_MANAGER},
-        with_timeout,
-    },
     resources::{
-        Attachment, JobStatus, PluginInstall, PluginJob, PluginJobSpec, PluginJobStatus, validate,
+        Attachment, JobStatus, PluginInstall, PluginJob, PluginJobSpec, PluginJobStatus,
+        names::{self, FIELD_MANAGER, labels},
+        validate,
     },
+    runtime::call::{CallError, with_timeout},
 };
 
 type Result<T> = std::result::Result<T, Seed003Error>;
@@ -217,7 +216,7 @@ impl ServiceCaller {
     }
 }
 
-fn kube_failed(what: &str) -> impl Fn(crate::reconcile::Error) -> Seed003Error + '_ {
+fn kube_failed(what: &str) -> impl Fn(CallError) -> Seed003Error + '_ {
     move |e| ApiError::from_kube(what, &e).into()
 }
 
@@ -363,7 +362,7 @@ pub async fn put_config(
                     data: config_of(&patched),
                 }));
             }
-            Err(crate::reconcile::Error::Kube(kube::Error::Api(status))) if status.code == 409 => {}
+            Err(err) if err.is_conflict() => {}
             Err(err) => return Err(kube_failed("patch PluginInstall")(err)),
         }
     }
@@ -646,16 +645,16 @@ pub async fn storage(
             None => {
                 let (labels, owners) = match &scope {
                     StorageScope::Install(install) => (
-                        build::child_labels(&plugin_name(&state, &own), install),
+                        names::child_labels(&plugin_name(&state, &own), install),
                         own.controller_owner_ref(&()).map(|r| vec![r]),
                     ),
                     StorageScope::Plugin(plugin) => (
                         BTreeMap::from([
                             (
-                                build::labels::MANAGED_BY.to_owned(),
-                                build::labels::MANAGED_BY_VALUE.to_owned(),
+                                labels::MANAGED_BY.to_owned(),
+                                labels::MANAGED_BY_VALUE.to_owned(),
                             ),
-                            (build::labels::PLUGIN.to_owned(), plugin.clone()),
+                            (labels::PLUGIN.to_owned(), plugin.clone()),
                         ]),
                         None,
                     ),
@@ -680,7 +679,7 @@ pub async fn storage(
         };
         match written {
             Ok(_) => return Ok(Json(Data { data: items })),
-            Err(crate::reconcile::Error::Kube(kube::Error::Api(status))) if status.code == 409 => {}
+            Err(err) if err.is_conflict() => {}
             Err(err) => return Err(kube_failed("write the storage ConfigMap")(err)),
         }
     }
@@ -691,7 +690,7 @@ fn plugin_name(state: &ApiState, install: &PluginInstall) -> String {
     state
         .plugin_of(install)
         .map(|p| p.name_any())
-        .or_else(|| install.labels().get(build::labels::PLUGIN).cloned())
+        .or_else(|| install.labels().get(labels::PLUGIN).cloned())
         .unwrap_or_default()
 }
 
@@ -798,7 +797,7 @@ pub async fn create_job(
     job.metadata = ObjectMeta {
         generate_name: Some(format!("{install_name}-")),
         namespace: Some(namespace.clone()),
-        labels: Some(build::child_labels(
+        labels: Some(names::child_labels(
             &plugin_name(&state, &install),
             &install_name,
         )),
