@@ -2,12 +2,12 @@
 //! catalog namespace. The controllers, the caches' lookups and the HTTP API all ask here.
 use kube::ResourceExt;
 
-use crate::resources::{PluginInstall, conditions::reason};
+use crate::resources::{FailureReason, PluginInstall};
 
 /// Why an install cannot use the plugin it names.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Refusal {
-    pub reason: &'static str,
+    pub reason: FailureReason,
     pub message: String,
 }
 
@@ -26,7 +26,7 @@ pub fn plugin_namespace<'a>(install: &'a PluginInstall, catalog: &str) -> Result
         Ok(plugin_ns)
     } else {
         Err(Refusal {
-            reason: reason::PLUGIN_NOT_INSTALLABLE,
+            reason: FailureReason::PluginNotInstallable,
             message: format!(
                 "spec.plugin: {reference} is in namespace {plugin_ns}; only plugins of this namespace or of the catalog namespace {catalog} can be installed"
             ),
@@ -73,7 +73,7 @@ mod tests {
     fn a_plugin_of_another_tenant_is_refused() {
         let other = install("team-a", reference("p", Some("team-b")));
         let refusal = plugin_namespace(&other, "catalog").expect_err("refused");
-        assert_eq!(refusal.reason, reason::PLUGIN_NOT_INSTALLABLE);
+        assert_eq!(refusal.reason, FailureReason::PluginNotInstallable);
         assert!(refusal.message.contains("team-b"), "{}", refusal.message);
         assert!(!uses_plugin(&other, "team-b", "p", "catalog"));
     }

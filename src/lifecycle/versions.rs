@@ -46,17 +46,17 @@ pub fn is_pending(version: &PluginVersion) -> bool {
 
 /// A plugin's versions, each number parsed once.
 #[derive(Clone, Debug, Default)]
-pub struct Versions {
-    numbered: Vec<(Version, Arc<PluginVersion>)>,
+pub struct Versions<'a> {
+    numbered: Vec<(Version, &'a PluginVersion)>,
     pending: bool,
 }
 
-impl Versions {
-    pub fn new(versions: &[Arc<PluginVersion>]) -> Self {
+impl<'a> Versions<'a> {
+    pub fn new(versions: &'a [Arc<PluginVersion>]) -> Self {
         Self {
             numbered: versions
                 .iter()
-                .filter_map(|v| Some((number(v)?, v.clone())))
+                .filter_map(|v| Some((number(v)?, v.as_ref())))
                 .collect(),
             pending: versions.iter().any(|v| is_pending(v)),
         }
@@ -68,11 +68,11 @@ impl Versions {
     }
 
     /// The PluginVersion with this number (the first one, when a duplicate waits to be refused).
-    pub fn get(&self, number: &Version) -> Option<&PluginVersion> {
+    pub fn get(&self, number: &Version) -> Option<&'a PluginVersion> {
         self.numbered
             .iter()
             .find(|(n, _)| n == number)
-            .map(|(_, v)| v.as_ref())
+            .map(|(_, v)| *v)
     }
 
     /// Versions that may run: Accepted for their current spec.

@@ -1,14 +1,14 @@
 //! The writes of the reconcilers: server-side apply of children and status, with the one field
 //! manager. Each write happens only when what is built differs from what the caches hold.
-use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::{apps::v1::Deployment, core::v1::Secret};
 use kube::{
     Api, Resource, ResourceExt,
-    api::{DeleteParams, Patch, PatchParams},
+    api::{DeleteParams, Patch, PatchParams, PostParams},
     runtime::reflector::Store,
 };
 use serde::{Serialize, de::DeserializeOwned};
 
-use super::{Context, Error, build::Children};
+use super::{Context, Error, build::Children, install::CredentialsPlan};
 use crate::{
     resources::{
         Plugin, PluginInstall, PluginInstallStatus, PluginStatus, PluginVersion,
@@ -20,6 +20,37 @@ use crate::{
 
 fn apply_params() -> PatchParams {
     PatchParams::apply(FIELD_MANAGER).force()
+}
+
+/// Creates or rotates an install's credentials Secret, as planned. Created, never overwritten:
+/// a Secret that exists already (made meanwhile) is left alone. A rotation replaces it only if
+/// it is still the one observed (its resourceVersion): a refresh token the API recorded
+/// meanwhile fails it with a conflict, and the next reconcile decides again.
+pub async fn credentials(ctx: &Context, plan: &CredentialsPlan) -> Result<(), Error> {
+    let params = PostParams {
+        field_manager: Some(FIELD_MANAGER.to_owned()),
+        ..Default::default()
+    };
+    let (secret, rotate) = match plan {
+        CredentialsPlan::Keep => return Ok(()),
+        CredentialsPlan::Create(secret) => (secret, false),
+        CredentialsPlan::Rotate(secret) => (secret, true),
+    };
+    let namespace = secret.namespace().unwrap_or_default();
+    let name = secret.name_any();
+    let api: Api<Secret> = Api::namespaced(ctx.client.clone(), &namespace);
+    if rotate {
+        with_timeout(api.replace(&name, &params, secret)).await?;
+        tracing::info!(%namespace, secret = %name, "credentials rotated; refresh tokens revoked");
+    } else {
+        match with_timeout(api.create(&params, secret)).await {
+            Ok(_) => tracing::info!(%namespace, secret = %name, "credentials created"),
+            Err(err) if err.is_conflict() => return Ok(()),
+            Err(err) => return Err(err.into()),
+        }
+    }
+    ctx.metrics.wrote("Secret");
+    Ok(())
 }
 
 /// Applies every child whose applied hash differs from the cached one.

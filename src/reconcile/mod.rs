@@ -59,6 +59,8 @@ pub enum Error {
     Call(#[from] CallError),
     #[error(transparent)]
     Random(#[from] RandomError),
+    #[error(transparent)]
+    Build(#[from] build::BuildError),
 }
 
 impl Error {
@@ -67,6 +69,7 @@ impl Error {
         match self {
             Self::Call(call) => call.metric_label(),
             Self::Random(_) => "random",
+            Self::Build(_) => "build",
         }
     }
 }

@@ -36,7 +36,7 @@ use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::{
 };
 use kube::CustomResourceExt;
 
-pub use conditions::{ConditionStatus, NewCondition, set_condition};
+pub use conditions::{ConditionStatus, FailureOrigin, FailureReason, NewCondition, set_condition};
 pub use plugin::{
     ConnectionMode, Plugin, PluginAttribution, PluginConnection, PluginSpec, PluginStatus,
 };

@@ -6,7 +6,7 @@ use kube::{Resource, ResourceExt};
 use super::cache::{self, Caches};
 use crate::{
     lifecycle::access::{self, Refusal},
-    resources::{Plugin, PluginInstall, PluginVersion, conditions::reason},
+    resources::{FailureReason, Plugin, PluginInstall, PluginVersion},
 };
 
 impl Caches {
@@ -20,7 +20,7 @@ impl Caches {
         let namespace = access::plugin_namespace(install, catalog)?;
         let name = install.spec.plugin.name();
         cache::get(&self.plugins, namespace, name).ok_or_else(|| Refusal {
-            reason: reason::PLUGIN_NOT_FOUND,
+            reason: FailureReason::PluginNotFound,
             message: format!("spec.plugin: there is no Plugin {name} in namespace {namespace}"),
         })
     }
