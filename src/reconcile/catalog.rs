@@ -30,7 +30,7 @@ pub async fn reconcile_plugin(plugin: Arc<Plugin>, ctx: Arc<Context>) -> Result<
         &versions,
         &installs,
         &ctx.catalog_namespace,
-        Time(ctx.clock.now()),
+        Time(ctx.clock.now_in_seconds()),
     );
     apply::status(&ctx, &ctx.recent.plugins, &*plugin, &status).await?;
     Ok(Action::await_change())
@@ -109,7 +109,7 @@ pub async fn reconcile_version(
     }
     let plugin_exists = cache::get(&ctx.caches.plugins, &namespace, &version.spec.plugin).is_some();
     let siblings = ctx.caches.versions_of(&namespace, &version.spec.plugin);
-    let now = Time(ctx.clock.now());
+    let now = Time(ctx.clock.now_in_seconds());
     let mut status = version_status(&version, plugin_exists, &siblings, now.clone());
     set(
         &mut status.conditions,
