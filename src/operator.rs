@@ -124,7 +124,7 @@ pub async fn run(args: RunArgs) -> Result<(), RunError> {
         })?;
     tracing::info!(addr = %args.api_addr, "HTTP API listening");
     let api_router = api::router(api_state.clone()).layer(
-        api::seed003::Settings {
+        api::routes::plugin_services::Settings {
             access_token_seconds: args.plugin_access_token_seconds,
             refresh_token_seconds: args.plugin_refresh_token_seconds,
         }

@@ -15,7 +15,7 @@ use kube::{
     api::{ListParams, PostParams},
 };
 use plugin_operator::{
-    api::{self, seed003::Settings},
+    api::{self, routes::plugin_services::Settings},
     resources::{Phase, PluginInstall, PluginJob},
     runtime::{
         cache::{Caches, Scope},

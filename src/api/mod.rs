@@ -1,19 +1,26 @@
-//! The HTTP API of SPEC §4, one module per seed. Every replica serves it.
+//! The HTTP API of SPEC §4, its routes named by what they serve ([`routes`]). Every replica
+//! serves it.
 //!
-//! Handlers read only the watch caches ([`Caches`]); the API-server calls a request can make are
-//! the caller's TokenReview and SubjectAccessReviews (cached, [`auth`]), the writes it asks for
-//! (patches and creates with the field manager `plugin-operator`, so kubectl and the API agree)
-//! and, for a plugin's access token, a TokenRequest (cached too). `/openapi.json` is generated
-//! from the same route definitions as the router.
+//! Handlers answer from the watch caches ([`Caches`]) where the caches hold the answer. They
+//! call the API server for what no cache holds, each call with a timeout:
+//! - who the caller is and what they may do: TokenReview and SubjectAccessReview (cached by
+//!   token hash, [`auth`]); a plugin token's TokenReview (seed 003, cached too);
+//! - tokens for plugins: TokenRequest (seed 000 cached while fresh; seed 003 per login);
+//! - reads that must be current: the install before a config merge and its credentials Secret
+//!   (seed 003), the storage ConfigMaps and PluginJobs;
+//! - the writes the caller asks for (patches and creates with the field manager
+//!   `plugin-operator`, so kubectl and the API agree), and a refresh token recorded in the
+//!   install's credentials Secret. The API never creates or rotates credentials: the controller
+//!   does.
+//!
+//! One error type ([`error::ApiError`]) and one mapper ([`error::SeedError`]) serve every route;
+//! each seed keeps its own error body ([`error::ErrorShape`]). `/openapi.json` is generated from
+//! the same route definitions as the router.
 pub mod auth;
 pub mod backend;
 pub mod error;
 pub mod extract;
-pub mod seed000;
-pub mod seed001;
-pub mod seed002;
-pub mod seed003;
-pub mod seed004;
+pub mod routes;
 
 use std::sync::{
     Arc,
@@ -36,13 +43,14 @@ use utoipa::{
 use utoipa_axum::{router::OpenApiRouter, routes};
 
 use crate::{
-    lifecycle::versions,
+    lifecycle,
     resources::{Plugin, PluginInstall, PluginVersion},
     runtime::{cache::Caches, clock::Clock},
 };
 
 use auth::Auth;
 use backend::{Backend, KubeBackend};
+use routes::{endpoints, instances, plugin_services, registry, versions};
 
 /// What the handlers share.
 #[derive(Clone)]
@@ -54,7 +62,7 @@ struct Shared {
     catalog_namespace: String,
     auth: Auth,
     backend: Arc<dyn Backend>,
-    tokens: seed000::IssuedTokens,
+    tokens: routes::endpoints::IssuedTokens,
     clock: Clock,
     ready: AtomicBool,
 }
@@ -81,7 +89,7 @@ impl ApiState {
             catalog_namespace,
             auth: Auth::new(backend.clone(), clock.clone()),
             backend,
-            tokens: seed000::IssuedTokens::default(),
+            tokens: routes::endpoints::IssuedTokens::default(),
             clock,
             ready: AtomicBool::new(false),
         }))
@@ -116,7 +124,7 @@ impl ApiState {
         &self.0.backend
     }
 
-    pub(crate) fn tokens(&self) -> &seed000::IssuedTokens {
+    pub(crate) fn tokens(&self) -> &routes::endpoints::IssuedTokens {
         &self.0.tokens
     }
 
@@ -144,7 +152,9 @@ impl ApiState {
             .caches
             .versions_of_plugin(plugin)
             .into_iter()
-            .find(|v| versions::number(v).is_some_and(|n| n.cmp_precedence(&wanted).is_eq()))
+            .find(|v| {
+                lifecycle::versions::number(v).is_some_and(|n| n.cmp_precedence(&wanted).is_eq())
+            })
     }
 }
 
@@ -184,15 +194,15 @@ impl Modify for Security {
 
 fn routes() -> OpenApiRouter<ApiState> {
     OpenApiRouter::with_openapi(ApiDoc::openapi())
-        .routes(routes!(seed000::get_endpoint))
-        .routes(routes!(seed000::notify_failure))
-        .routes(routes!(seed001::list_plugins, seed001::register_plugin))
-        .routes(routes!(seed001::get_plugin, seed001::delete_plugin))
-        .routes(routes!(seed002::list_plugins))
-        .routes(routes!(seed002::set_active))
-        .routes(routes!(seed002::set_config))
-        .routes(routes!(seed004::detail_route))
-        .merge(seed003::routes())
+        .routes(routes!(endpoints::get_endpoint))
+        .routes(routes!(endpoints::notify_failure))
+        .routes(routes!(registry::list_plugins, registry::register_plugin))
+        .routes(routes!(registry::get_plugin, registry::delete_plugin))
+        .routes(routes!(instances::list_plugins))
+        .routes(routes!(instances::set_active))
+        .routes(routes!(instances::set_config))
+        .routes(routes!(versions::detail_route))
+        .merge(plugin_services::routes())
 }
 
 /// The OpenAPI document of every route.

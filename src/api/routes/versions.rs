@@ -1,14 +1,10 @@
-//! Seed 004 (a pipeline service's extension catalogue): the details of one version of a plugin.
+//! Answers seed 004 (a pipeline service's extension catalogue): the details of one version of a plugin.
 //! `domain_id` is the namespace; a plugin not found there is looked up in the catalog namespace.
 //!
 //! Errors: `{error_msg, error_code}`.
 use std::{collections::BTreeMap, sync::Arc};
 
-use axum::{
-    Json,
-    extract::State,
-    response::{IntoResponse, Response},
-};
+use axum::{Json, extract::State};
 use kube::{Resource, ResourceExt};
 use semver::Version;
 use serde::Serialize;
@@ -16,10 +12,10 @@ use serde_json::{Map, Value};
 use sha2::{Digest, Sha256};
 use utoipa::{IntoParams, ToSchema};
 
-use super::{
+use crate::api::{
     ApiState,
     backend::Access,
-    error::{self, ApiError, SeedError},
+    error::{self, ApiError, ErrorShape, SeedError},
     extract::{Authenticated, SeedPath, SeedQuery},
     is_namespace_name,
 };
@@ -40,22 +36,13 @@ pub struct ErrorBody {
     pub error_code: &'static str,
 }
 
-/// An error of the seed 004 route.
-pub struct Seed004Error(pub ApiError);
+/// Seed 004's error shape. Its callers may send their token in `X-Auth-Token`.
+pub struct Errors;
 
-impl From<ApiError> for Seed004Error {
-    fn from(err: ApiError) -> Self {
-        Self(err)
-    }
-}
-
-impl SeedError for Seed004Error {
+impl ErrorShape for Errors {
     const X_AUTH_TOKEN: bool = true;
-}
 
-impl IntoResponse for Seed004Error {
-    fn into_response(self) -> Response {
-        let err = &self.0;
+    fn body(err: &ApiError) -> impl Serialize {
         let error_code = match err {
             ApiError::Invalid(_) => "PLUGIN.INVALID_PARAMETER",
             ApiError::Unauthenticated(_) => "PLUGIN.UNAUTHORIZED",
@@ -66,21 +53,10 @@ impl IntoResponse for Seed004Error {
             ApiError::Unavailable { .. } => "PLUGIN.UNAVAILABLE",
             ApiError::Internal(_) => "PLUGIN.INTERNAL_ERROR",
         };
-        let error_msg = match err {
-            ApiError::Invalid(issues) => issues
-                .iter()
-                .map(ToString::to_string)
-                .collect::<Vec<_>>()
-                .join("; "),
-            other => other.to_string(),
-        };
-        error::respond(
-            err,
-            ErrorBody {
-                error_msg,
-                error_code,
-            },
-        )
+        ErrorBody {
+            error_msg: err.message(),
+            error_code,
+        }
     }
 }
 
@@ -466,10 +442,10 @@ fn pick_version(
 )]
 pub async fn detail_route(
     State(state): State<ApiState>,
-    auth: Authenticated<Seed004Error>,
-    path: SeedPath<String, Seed004Error>,
-    query: SeedQuery<Seed004Error>,
-) -> Result<Json<PluginDetail>, Seed004Error> {
+    auth: Authenticated<Errors>,
+    path: SeedPath<String, Errors>,
+    query: SeedQuery<Errors>,
+) -> Result<Json<PluginDetail>, SeedError<Errors>> {
     let domain = path.value;
     let params: &BTreeMap<String, String> = &query.params;
     let mut issues = Vec::new();

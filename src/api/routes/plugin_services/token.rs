@@ -1,4 +1,5 @@
-//! `POST /a/auth/v0/token`: OAuth 2 client credentials (RFC 6749 §4.4) and refresh (§6).
+//! Answers seed 003: `POST /a/auth/v0/token`, plugin-scoped tokens by OAuth 2 client credentials
+//! (RFC 6749 §4.4) and refresh (§6).
 use std::collections::BTreeMap;
 
 use axum::{

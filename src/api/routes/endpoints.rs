@@ -1,16 +1,12 @@
-//! Seed 000 (a plugin manager's gRPC API over HTTP): where to reach a plugin, and reports of its
-//! failures. `plugin_id` is the Plugin's name, `domain_id` the namespace of the installs.
+//! Answers seed 000 (a plugin manager's gRPC API over HTTP): where to reach a plugin's installs
+//! (endpoints), and reports of their failures. `plugin_id` is the Plugin's name, `domain_id` the namespace of the installs.
 //!
 //! Errors: `{code, message, field?}` with SpaceONE-style codes (`ERROR_REQUIRED_PARAMETER`,
 //! `ERROR_INVALID_ARGUMENT`, `ERROR_AUTHENTICATE_FAILURE`, `ERROR_PERMISSION_DENIED`,
 //! `ERROR_NOT_FOUND`, `ERROR_PLUGIN_NOT_READY`, …); the seed defines no error body of its own.
 use std::{collections::BTreeMap, sync::Arc, time::Duration};
 
-use axum::{
-    Json,
-    extract::State,
-    response::{IntoResponse, Response},
-};
+use axum::{Json, extract::State};
 use k8s_openapi::jiff::{SignedDuration, Timestamp};
 use kube::{
     Api, Resource, ResourceExt,
@@ -22,10 +18,10 @@ use serde::Serialize;
 use serde_json::{Value, json};
 use utoipa::ToSchema;
 
-use super::{
+use crate::api::{
     ApiState,
     backend::{Access, Backend, IssuedToken},
-    error::{self, ApiError, SeedError},
+    error::{ApiError, ErrorShape, SeedError},
     extract::{Authenticated, Fields, FromJson, JsonBody, SeedPath},
     is_namespace_name,
 };
@@ -62,20 +58,11 @@ pub struct ErrorBody {
     pub field: Option<String>,
 }
 
-/// An error of a seed 000 route.
-pub struct Seed000Error(pub ApiError);
+/// Seed 000's error shape.
+pub struct Errors;
 
-impl From<ApiError> for Seed000Error {
-    fn from(err: ApiError) -> Self {
-        Self(err)
-    }
-}
-
-impl SeedError for Seed000Error {}
-
-impl IntoResponse for Seed000Error {
-    fn into_response(self) -> Response {
-        let err = &self.0;
+impl ErrorShape for Errors {
+    fn body(err: &ApiError) -> impl Serialize {
         let code = match err {
             ApiError::Invalid(issues)
                 if issues.iter().all(|i| i.message.starts_with("required")) =>
@@ -91,26 +78,15 @@ impl IntoResponse for Seed000Error {
             ApiError::Unavailable { .. } => "ERROR_PLUGIN_NOT_READY",
             ApiError::Internal(_) => "ERROR_INTERNAL",
         };
-        let message = match err {
-            ApiError::Invalid(issues) => issues
-                .iter()
-                .map(ToString::to_string)
-                .collect::<Vec<_>>()
-                .join("; "),
-            other => other.to_string(),
-        };
-        error::respond(
-            err,
-            ErrorBody {
-                code,
-                message,
-                field: err.field().map(str::to_owned),
-            },
-        )
+        ErrorBody {
+            code,
+            message: err.message(),
+            field: err.field().map(str::to_owned),
+        }
     }
 }
 
-type Result<T> = std::result::Result<T, Seed000Error>;
+type Result<T> = std::result::Result<T, SeedError<Errors>>;
 
 /// `PluginEndpointRequest`.
 #[derive(Debug, ToSchema)]
@@ -155,7 +131,7 @@ impl FromJson for PluginEndpointRequest {
                             key,
                             format!(
                                 "expected a string, got {}",
-                                super::extract::type_name(other)
+                                crate::api::extract::type_name(other)
                             ),
                         ),
                     }
@@ -306,9 +282,9 @@ fn phase(install: &PluginInstall) -> Option<Phase> {
 )]
 pub async fn get_endpoint(
     State(state): State<ApiState>,
-    auth: Authenticated<Seed000Error>,
-    path: SeedPath<String, Seed000Error>,
-    body: JsonBody<PluginEndpointRequest, Seed000Error>,
+    auth: Authenticated<Errors>,
+    path: SeedPath<String, Errors>,
+    body: JsonBody<PluginEndpointRequest, Errors>,
 ) -> Result<Json<PluginEndpoint>> {
     let request = body.value;
     same_plugin(&path.value, &request.plugin_id)?;
@@ -443,9 +419,9 @@ fn describe_filter(request: &PluginEndpointRequest) -> String {
 )]
 pub async fn notify_failure(
     State(state): State<ApiState>,
-    auth: Authenticated<Seed000Error>,
-    path: SeedPath<String, Seed000Error>,
-    body: JsonBody<PluginFailureRequest, Seed000Error>,
+    auth: Authenticated<Errors>,
+    path: SeedPath<String, Errors>,
+    body: JsonBody<PluginFailureRequest, Errors>,
 ) -> Result<Json<Value>> {
     let request = body.value;
     same_plugin(&path.value, &request.plugin_id)?;
@@ -515,7 +491,7 @@ impl Default for IssuedTokens {
     fn default() -> Self {
         Self {
             cache: Cache::builder()
-                .max_capacity(super::auth::CAPACITY)
+                .max_capacity(crate::api::auth::CAPACITY)
                 .time_to_live(Duration::from_secs(ACCESS_TOKEN_SECONDS as u64))
                 .build(),
         }
@@ -587,6 +563,7 @@ fn fresh(token: &IssuedToken, now: Timestamp) -> bool {
 mod tests {
     use super::*;
     use crate::api::extract::Fields;
+    use axum::response::IntoResponse;
     use serde_json::json;
 
     fn parse<T: FromJson>(value: Value) -> std::result::Result<T, Vec<String>> {
@@ -657,7 +634,7 @@ mod tests {
     #[test]
     fn error_codes_follow_the_kind_of_error() {
         let body = |err: ApiError| {
-            let response = Seed000Error(err).into_response();
+            let response = SeedError::<Errors>::new(err).into_response();
             response.status().as_u16()
         };
         assert_eq!(body(ApiError::invalid("domain_id", "required")), 400);
