@@ -145,15 +145,14 @@ impl ApiState {
             .ok()
     }
 
-    /// A version of a plugin, by number (a `status.version` string; `None` when it is not one).
-    pub fn version_of(&self, plugin: &Plugin, version: &str) -> Option<Arc<PluginVersion>> {
-        let wanted = Version::parse(version).ok()?;
+    /// A version of a plugin, by number (build metadata aside).
+    pub fn version_of(&self, plugin: &Plugin, wanted: &Version) -> Option<Arc<PluginVersion>> {
         self.0
             .caches
             .versions_of_plugin(plugin)
             .into_iter()
             .find(|v| {
-                lifecycle::versions::number(v).is_some_and(|n| n.cmp_precedence(&wanted).is_eq())
+                lifecycle::versions::number(v).is_some_and(|n| n.cmp_precedence(wanted).is_eq())
             })
     }
 }
@@ -228,6 +227,8 @@ pub const OPENAPI_PATH: &str = "/openapi.json";
 /// The router of the API.
 pub fn router(state: ApiState) -> Router {
     let (router, _) = routes().split_for_parts();
+    // The document is made of the route definitions alone, and a unit test serializes it
+    // (`the_openapi_document_lists_every_route`): the fallback never serves.
     let document = openapi().to_json().unwrap_or_else(|_| "{}".to_owned());
     router
         .route(

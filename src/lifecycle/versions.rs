@@ -15,7 +15,7 @@ use crate::resources::{
 /// The number of a PluginVersion, or `None` when `spec.version` is not semver (the version is
 /// then refused by its own controller and never runs).
 pub fn number(version: &PluginVersion) -> Option<Version> {
-    Version::parse(&version.spec.version).ok()
+    version.spec.number()
 }
 
 /// Accepted, and the acceptance is about the current spec: the generation it was decided for,

@@ -1,5 +1,6 @@
-//! The writes of the reconcilers: server-side apply of children and status, with the one field
-//! manager. Each write happens only when what is built differs from what the caches hold.
+//! The writes of the reconcilers, with the one field manager: server-side apply of children and
+//! status, the in-use finalizer, the credentials Secret. Each write happens only when what is
+//! built differs from what is there (the caches, or the Secret's metadata observed).
 use k8s_openapi::api::{apps::v1::Deployment, core::v1::Secret};
 use kube::{
     Api, Resource, ResourceExt,
@@ -145,13 +146,8 @@ where
             {"op": "remove", "path": format!("/metadata/finalizers/{i}")},
         ]),
     };
-    let patch: json_patch::Patch = match serde_json::from_value(operations) {
-        Ok(patch) => patch,
-        Err(error) => {
-            tracing::error!(%error, "built an invalid finalizer patch");
-            return Ok(());
-        }
-    };
+    let patch: json_patch::Patch =
+        serde_json::from_value(operations).map_err(super::build::BuildError::from)?;
     let api: Api<K> = Api::namespaced(ctx.client.clone(), &object.namespace().unwrap_or_default());
     match with_timeout(api.patch(
         &object.name_any(),

@@ -49,8 +49,8 @@ pub fn plugin_status(
     let mut all: Vec<(Version, bool)> = versions
         .iter()
         .filter_map(|v| {
-            Version::parse(&v.spec.version)
-                .ok()
+            v.spec
+                .number()
                 .map(|parsed| (parsed, v.spec.is_formal() && versions::is_accepted(v)))
         })
         .collect();
@@ -66,6 +66,7 @@ pub fn plugin_status(
         .find(|(_, formal)| *formal)
         .map(|(v, _)| v.to_string());
     status.versions = all.iter().map(|(v, _)| v.to_string()).collect();
+    // Saturates: two billion installs of one plugin read as i32::MAX.
     status.installs = i32::try_from(install_count).unwrap_or(i32::MAX);
     status.observed_generation = plugin.meta().generation;
     let accepted = validate::validate_plugin(&plugin.spec);
@@ -131,16 +132,14 @@ pub fn holders(
     catalog: &str,
 ) -> Vec<String> {
     let namespace = version.namespace().unwrap_or_default();
-    let number = Version::parse(&version.spec.version).ok();
+    let number = version.spec.number();
     let mut held: Vec<String> = installs
         .iter()
         .filter(|i| access::uses_plugin(i, &namespace, &version.spec.plugin, catalog))
         .filter(|i| {
             let status = i.status.as_ref();
-            let uses = |v: Option<&String>| {
-                v.and_then(|v| Version::parse(v).ok()) == number && number.is_some()
-            };
-            status.is_some_and(|s| uses(s.version.as_ref()) || uses(s.target_version.as_ref()))
+            let uses = |v: Option<Version>| v.is_some() && v == number;
+            status.is_some_and(|s| uses(s.running()) || uses(s.rolling_out()))
         })
         .map(|i| format!("{}/{}", i.namespace().unwrap_or_default(), i.name_any()))
         .collect();
@@ -236,11 +235,8 @@ pub fn version_status(
 
 fn same_number(a: &PluginVersion, b: &PluginVersion) -> bool {
     a.uid() != b.uid()
-        && match (
-            Version::parse(&a.spec.version),
-            Version::parse(&b.spec.version),
-        ) {
-            (Ok(x), Ok(y)) => x == y,
+        && match (a.spec.number(), b.spec.number()) {
+            (Some(x), Some(y)) => x == y,
             _ => false,
         }
 }

@@ -42,11 +42,7 @@ impl Transition {
         Event {
             metadata: ObjectMeta {
                 // Named as kubelet and kube-rs name theirs: object name, then a unique suffix.
-                name: Some(format!(
-                    "{}.{:x}",
-                    install.name_any(),
-                    Timestamp::now().as_nanosecond()
-                )),
+                name: Some(format!("{}.{:x}", install.name_any(), now.as_nanosecond())),
                 namespace: install.namespace(),
                 ..Default::default()
             },

@@ -1,5 +1,8 @@
 //! The controllers: PluginInstall (runs plugins), Plugin and PluginVersion (their status).
-//! Each reconcile is fetch → plan (pure) → apply → status; only the Lease holder reconciles.
+//! An install's reconcile is observe → plan (pure) → apply → status ([`install`]); a Plugin's
+//! and a PluginVersion's read the caches, compute their status with pure functions
+//! ([`catalog`]) and write it. Only the Lease holder reconciles. This layer is used by the
+//! wiring (`operator.rs`) alone.
 pub mod apply;
 pub mod build;
 pub mod catalog;

@@ -318,6 +318,8 @@ impl<K: Resource> Recent<K> {
 
     /// The newest known version of `cached`.
     pub fn fresh(&self, cached: Arc<K>) -> Arc<K> {
+        // Poisoned only if a holder panicked; then the cache's version is the safe answer (the
+        // status write that follows checks it against the API server's).
         let Ok(mut written) = self.written.lock() else {
             return cached;
         };

@@ -188,7 +188,8 @@ pub struct PluginFailureRequest {
     /// The Plugin's name; must equal the path's.
     pub plugin_id: String,
     /// The running version that failed (exact, e.g. `1.4.0`).
-    pub version: String,
+    #[schema(value_type = String)]
+    pub version: Version,
     /// The namespace of the install.
     pub domain_id: String,
 }
@@ -197,15 +198,16 @@ impl FromJson for PluginFailureRequest {
     fn from_json(f: &mut Fields<'_>) -> Option<Self> {
         let supervisor_id = f.required_str("supervisor_id");
         let plugin_id = f.required_str("plugin_id");
-        let version = f.required_str("version");
-        if let Some(v) = &version
-            && let Err(err) = Version::parse(v.trim_start_matches('v'))
-        {
-            f.issue(
-                "version",
-                format!("{v:?} is not a version such as 1.4.0: {err}"),
-            );
-        }
+        let version = f.required_str("version").and_then(|v| {
+            Version::parse(v.trim_start_matches('v'))
+                .map_err(|err| {
+                    f.issue(
+                        "version",
+                        format!("{v:?} is not a version such as 1.4.0: {err}"),
+                    );
+                })
+                .ok()
+        });
         let domain_id = f.required_str("domain_id");
         if let Some(d) = &domain_id
             && !is_namespace_name(d)
@@ -249,11 +251,7 @@ fn installs_of(state: &ApiState, namespace: &str, plugin: &str) -> Vec<Arc<Plugi
 /// The version an install runs (or, while it has none, the one it rolls out).
 fn running_version(install: &PluginInstall) -> Option<Version> {
     let status = install.status.as_ref()?;
-    status
-        .version
-        .as_deref()
-        .or(status.target_version.as_deref())
-        .and_then(|v| Version::parse(v).ok())
+    status.running().or_else(|| status.rolling_out())
 }
 
 fn phase(install: &PluginInstall) -> Option<Phase> {
@@ -433,16 +431,14 @@ pub async fn notify_failure(
             &Access::new("patch", "plugininstalls", namespace),
         )
         .await?;
-    let version = Version::parse(request.version.trim_start_matches('v'))
-        .map_err(|e| ApiError::invalid("version", e.to_string()))?;
+    let version = &request.version;
     let targets: Vec<_> = installs_of(&state, namespace, &request.plugin_id)
         .into_iter()
         .filter(|i| {
             i.status
                 .as_ref()
-                .and_then(|s| s.version.as_deref())
-                .and_then(|v| Version::parse(v).ok())
-                .is_some_and(|v| v.cmp_precedence(&version).is_eq())
+                .and_then(|s| s.running())
+                .is_some_and(|v| v.cmp_precedence(version).is_eq())
         })
         .collect();
     if targets.is_empty() {

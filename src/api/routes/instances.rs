@@ -144,9 +144,9 @@ impl PluginInstance {
     pub fn new(state: &ApiState, install: &PluginInstall) -> Self {
         let status = install.status.clone().unwrap_or_default();
         let plugin = state.plugin_of(install);
-        let manifest = match (&plugin, &status.version) {
+        let manifest = match (&plugin, status.running()) {
             (Some(plugin), Some(version)) => state
-                .version_of(plugin, version)
+                .version_of(plugin, &version)
                 .and_then(|v| v.spec.manifest.clone()),
             _ => None,
         };
@@ -408,7 +408,7 @@ pub async fn set_active(
 fn config_schema(state: &ApiState, install: &PluginInstall) -> Option<Value> {
     let plugin = state.plugin_of(install)?;
     let status = install.status.clone().unwrap_or_default();
-    let named = status.target_version.or(status.version).or_else(|| {
+    let named = status.rolling_out().or(status.running()).or_else(|| {
         let selector = crate::resources::VersionSelector::parse(&install.spec.version).ok()?;
         let versions = state.caches().versions_of_plugin(&plugin);
         crate::lifecycle::versions::candidates(&versions)
@@ -417,7 +417,6 @@ fn config_schema(state: &ApiState, install: &PluginInstall) -> Option<Value> {
             .filter(|c| c.formal || selector.exact().is_some())
             .map(|c| c.version)
             .max()
-            .map(|v| v.to_string())
     })?;
     state
         .version_of(&plugin, &named)

@@ -21,8 +21,8 @@ use crate::api::{
 };
 use crate::{
     resources::{
-        Composition, ExecutionType, Plugin, PluginAttribution, PluginVersion, VersionAttribution,
-        conditions,
+        Composition, ConditionStatus, ExecutionType, Plugin, PluginAttribution, PluginVersion,
+        VersionAttribution, conditions,
     },
     runtime::cache,
 };
@@ -97,6 +97,7 @@ pub fn parse_version(text: &str) -> Result<Version, String> {
             "{text:?} is not a version of the form x.xx.xx (each part one or two digits)"
         ));
     }
+    // One or two ASCII digits, checked above: they always parse.
     let number = |p: &str| p.parse::<u64>().unwrap_or_default();
     Ok(Version::new(
         number(parts[0]),
@@ -387,6 +388,7 @@ pub fn detail(plugin: &Plugin, version: &PluginVersion, workspace: &str) -> Plug
             &spec.version,
             workspace,
         ),
+        // A struct of strings always serializes: `{}` stands only for "no execution".
         plugin_execution: execution
             .and_then(|e| serde_json::to_value(e).ok())
             .unwrap_or_else(|| Value::Object(Map::new())),
@@ -400,7 +402,10 @@ fn refused(version: &PluginVersion) -> bool {
         .status
         .as_ref()
         .and_then(|s| conditions::find_condition(&s.conditions, conditions::ACCEPTED))
-        .is_some_and(|c| c.status == "False" && c.observed_generation == version.meta().generation)
+        .is_some_and(|c| {
+            ConditionStatus::of(c) == ConditionStatus::False
+                && c.observed_generation == version.meta().generation
+        })
 }
 
 /// The version asked for, or the newest formal one the operator did not refuse.
@@ -410,7 +415,7 @@ fn pick_version(
 ) -> Option<Arc<PluginVersion>> {
     let parsed = versions
         .iter()
-        .filter_map(|v| Version::parse(&v.spec.version).ok().map(|n| (n, v)));
+        .filter_map(|v| v.spec.number().map(|n| (n, v)));
     match wanted {
         Some(wanted) => parsed
             .filter(|(n, _)| n.cmp_precedence(wanted).is_eq())

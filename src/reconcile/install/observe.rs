@@ -161,7 +161,12 @@ async fn read_config_secrets(
             if !source.keys.is_empty() && !source.keys.contains(key) {
                 continue;
             }
-            let text = String::from_utf8_lossy(&value.0).into_owned();
+            let Ok(text) = String::from_utf8(value.0.clone()) else {
+                return Ok(Err(FieldError::new(
+                    format!("spec.configFrom[{index}].keys"),
+                    format!("Secret {} key {key} is not UTF-8 text", source.name),
+                )));
+            };
             merged.insert(key.clone(), Value::String(text));
         }
         if let Some(missing) = source

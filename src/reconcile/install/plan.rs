@@ -176,13 +176,6 @@ fn made_for(secret: &ObjectMeta) -> &str {
         .map_or("", String::as_str)
 }
 
-fn parse_versions(texts: &[String]) -> Vec<Version> {
-    texts
-        .iter()
-        .filter_map(|v| Version::parse(v).ok())
-        .collect()
-}
-
 /// Decides the status and what the children should be.
 fn decide(world: &World) -> Result<Decision<'_>, BuildError> {
     let install = &*world.install;
@@ -209,9 +202,7 @@ fn decide(world: &World) -> Result<Decision<'_>, BuildError> {
     if spec_changed
         && let Ok(VersionSelector::Exact(exact)) = VersionSelector::parse(&install.spec.version)
     {
-        status
-            .failed_versions
-            .retain(|f| Version::parse(f).ok().as_ref() != Some(&exact));
+        status.forget_failed(&exact);
     }
 
     let mut outcome = Outcome::new(
@@ -314,17 +305,9 @@ fn decide_supervised<'w>(
             return Ok(outcome.finish(Wanted::Keep, RESYNC));
         }
     };
-    let approved = install
-        .spec
-        .approved_version
-        .as_deref()
-        .and_then(|v| Version::parse(v).ok());
-    let running = outcome
-        .status
-        .version
-        .as_deref()
-        .and_then(|v| Version::parse(v).ok());
-    let mut failed = parse_versions(&outcome.status.failed_versions);
+    let approved = install.spec.approved();
+    let running = outcome.status.running();
+    let mut failed = outcome.status.failed();
     let waiting = |mut outcome: Outcome<'_>| {
         // A first install waits until every version is decided, so a Manual install does not
         // start on a version that is about to be superseded.
@@ -419,6 +402,7 @@ fn decide_supervised<'w>(
             outcome.end_rollout(&target, RolloutOutcome::Failed);
             outcome.status.failed_versions.push(target.clone());
             failed.push(resolution.target.clone());
+            // Nothing else in range may run: back to the version that ran.
             let reverted = resolve(&failed).unwrap_or(Resolution {
                 target: previous,
                 available: None,

@@ -72,7 +72,7 @@ pub async fn get_config(
 fn config_schema(state: &ApiState, install: &PluginInstall) -> Option<Value> {
     let plugin = state.plugin_of(install)?;
     let status = install.status.clone().unwrap_or_default();
-    let version = status.version.or(status.target_version)?;
+    let version = status.running().or(status.rolling_out())?;
     state
         .version_of(&plugin, &version)?
         .spec

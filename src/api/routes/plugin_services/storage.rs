@@ -138,6 +138,7 @@ pub fn parse_commands(body: &Map<String, Value>) -> std::result::Result<Vec<Comm
                         issues.push(Issue::new(at("value"), "required (unset removes a key)"));
                     }
                     Some(value) => {
+                        // JSON read from a request always writes back: the size is never the fallback.
                         let size = serde_json::to_vec(value).map_or(0, |v| v.len());
                         if size > MAX_VALUE_BYTES {
                             issues.push(Issue::new(
@@ -270,17 +271,26 @@ pub async fn storage(
             ))
             .into());
         }
-        let mut data: Map<String, Value> = existing
+        // A storage that does not read is an error, not an empty storage: the write that follows
+        // would lose what it holds.
+        let mut data: Map<String, Value> = match existing
             .as_ref()
             .and_then(|cm| cm.data.as_ref())
             .and_then(|d| d.get(STORAGE_KEY))
-            .and_then(|text| serde_json::from_str(text).ok())
-            .unwrap_or_default();
+        {
+            None => Map::new(),
+            Some(text) => serde_json::from_str(text).map_err(|err| {
+                ApiError::Internal(format!(
+                    "the ConfigMap {name} does not hold a JSON object under {STORAGE_KEY}: {err}"
+                ))
+            })?,
+        };
         let (items, changed) = run_commands(&mut data, &commands);
         if !changed {
             return Ok(Json(Data { data: items }));
         }
-        let text = serde_json::to_string(&data).unwrap_or_default();
+        let text = serde_json::to_string(&data)
+            .map_err(|err| ApiError::Internal(format!("the storage cannot be written: {err}")))?;
         if text.len() > MAX_STORAGE_BYTES {
             return Err(ApiError::LimitExceeded(format!(
                 "the storage would hold {} bytes: at most {MAX_STORAGE_BYTES}; unset some keys",
