@@ -17,11 +17,17 @@ const LAYERS: &[(&str, &[&str])] = &[
         &["resources", "lifecycle", "runtime", "reconcile"],
     ),
     ("api", &["resources", "lifecycle", "runtime", "api"]),
+    // Binaries beside the operator's (`src/bin/`): the kubectl plugin reads what users write
+    // and the pure decisions, nothing that talks to the cluster on the operator's behalf.
+    ("bin", &["resources", "lifecycle"]),
 ];
 
 /// The wiring on top, which may use every layer: `lib.rs` and `main.rs` themselves (the crate
 /// roots), `operator.rs`, the command line, and this check.
 const WIRING: &[&str] = &["", "operator", "cli", "layers"];
+
+/// This crate's name, as binaries beside the library (`src/bin/`) write it.
+const CRATE: &str = "plugin_operator";
 
 /// One path that runs the wrong way.
 #[derive(Debug, PartialEq, Eq)]
@@ -251,7 +257,7 @@ fn references(module: &[String], source: &str) -> Vec<(String, usize, String)> {
                     inline.push((name.clone(), depth + 1));
                 }
             }
-            Token::Ident(word) if word == "crate" || word == "super" => {
+            Token::Ident(word) if word == "crate" || word == "super" || word == CRATE => {
                 let previous_is_path = i > 0 && tokens[i - 1].0 == Token::PathSep;
                 if !previous_is_path {
                     let mut here: Vec<String> = module.to_vec();
@@ -278,7 +284,7 @@ fn resolve(
     // Leading `crate` / `super` segments.
     loop {
         match &tokens[i].0 {
-            Token::Ident(w) if w == "crate" && i == start => here.clear(),
+            Token::Ident(w) if (w == "crate" || w == CRATE) && i == start => here.clear(),
             Token::Ident(w) if w == "super" => {
                 if here.pop().is_none() {
                     return Vec::new();
@@ -522,6 +528,23 @@ mod tests {
             use crate::resources::Plugin;
         "####;
         assert!(check("lifecycle/x.rs", source).is_empty());
+    }
+
+    #[test]
+    fn binaries_beside_the_operator_use_only_resources_and_lifecycle() {
+        let source = "use plugin_operator::{lifecycle::resolve, runtime::cache::Caches};";
+        assert_eq!(
+            check("bin/kubectl-plugin.rs", source),
+            back("bin", "runtime")
+        );
+        assert!(
+            check(
+                "bin/kubectl-plugin.rs",
+                "use plugin_operator::resources::Plugin;"
+            )
+            .is_empty()
+        );
+        assert!(check("main.rs", "use plugin_operator::runtime::telemetry;").is_empty());
     }
 
     #[test]

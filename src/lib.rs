@@ -20,7 +20,8 @@
 //!
 //! **The rule:** a module uses only its own layer and the layers to its left. `runtime` uses
 //! only `resources` and `lifecycle`; `reconcile` and `api` never use each other; nothing but
-//! `operator.rs` uses `reconcile`. A unit test (`layers.rs`) reads the sources and fails when a
+//! `operator.rs` uses `reconcile`; binaries beside the operator's (`src/bin/`, the kubectl
+//! plugin) use only `resources` and `lifecycle`. A unit test (`layers.rs`) reads the sources and fails when a
 //! path runs back (`use crate::{reconcile::…}`, `super::super::reconcile`, an inline
 //! `crate::reconcile::x::y(…)`). Something both sides need moves down to where both can reach it.
 //!
