@@ -348,25 +348,10 @@ fn decide_supervised<'w>(
         return Ok(outcome.finish(Wanted::Keep, RESYNC));
     };
 
-    // How the pods of the template wanted now are doing.
+    // How the pods of the template wanted now are doing, and what follows.
     let template = current.build(build::template_hash)?;
-    let deployment = world
-        .deployment
-        .as_deref()
-        .map(|d| views::deployment_view(d, &template));
-    let pods = views::pod_views(&world.pods, &template);
-    let report = views::reported_failure(install);
-    let active_since = conditions::find_condition(&outcome.status.conditions, conditions::READY)
-        .filter(|c| ConditionStatus::of(c) == ConditionStatus::True)
-        .map(|c| c.last_transition_time.0);
-    let health = phase::health(&Observation {
-        previous: outcome.previous,
-        active_since,
-        deployment: deployment.as_ref(),
-        pods: &pods,
-        reported_failure: report.as_ref(),
-    });
-    let decision = phase::decide(outcome.previous, health.clone());
+    let health = health(world, &outcome, &template);
+    let decision = phase::decide(outcome.previous, health);
     let target = resolution.target.to_string();
     if running.as_ref() != Some(&resolution.target) {
         outcome.begin_rollout(&target);
@@ -439,11 +424,39 @@ fn decide_supervised<'w>(
         &install.namespace().unwrap_or_default(),
         current.execution.port,
     ));
-    let requeue = match decision.phase {
+    let requeue = progress(&mut outcome, decision.phase, &target);
+    Ok(outcome.finish(Wanted::Run(current), requeue))
+}
+
+/// The health of a supervised install: its Deployment and the pods of `template` (the template
+/// wanted now), a reported failure, and since when it is Active.
+fn health(world: &World, outcome: &Outcome<'_>, template: &str) -> phase::Health {
+    let deployment = world
+        .deployment
+        .as_deref()
+        .map(|d| views::deployment_view(d, template));
+    let pods = views::pod_views(&world.pods, template);
+    let report = views::reported_failure(&world.install);
+    let active_since = conditions::find_condition(&outcome.status.conditions, conditions::READY)
+        .filter(|c| ConditionStatus::of(c) == ConditionStatus::True)
+        .map(|c| c.last_transition_time.0);
+    phase::health(&Observation {
+        previous: outcome.previous,
+        active_since,
+        deployment: deployment.as_ref(),
+        pods: &pods,
+        reported_failure: report.as_ref(),
+    })
+}
+
+/// Records the phase an install without a restart or a failure is in, running `target`; how
+/// soon to look again.
+fn progress(outcome: &mut Outcome<'_>, phase: Phase, target: &str) -> Duration {
+    match phase {
         Phase::Active => {
-            outcome.status.version = Some(target.clone());
+            outcome.status.version = Some(target.to_owned());
             outcome.status.target_version = None;
-            outcome.end_rollout(&target, RolloutOutcome::Succeeded);
+            outcome.end_rollout(target, RolloutOutcome::Succeeded);
             // A reverted upgrade stays announced until a later rollout succeeds.
             let reverted = outcome
                 .status
@@ -470,8 +483,7 @@ fn decide_supervised<'w>(
             outcome.phase(other, &message);
             IN_PROGRESS_RECHECK
         }
-    };
-    Ok(outcome.finish(Wanted::Run(current), requeue))
+    }
 }
 
 /// What running `target` takes: a runnable execution and a valid config. Records why not
