@@ -53,9 +53,10 @@ pub struct RecentWrites {
     pub versions: cache::Recent<PluginVersion>,
 }
 
-/// The reconcilers' errors: all of them are transient (the API server did not answer, or
-/// refused a write) and are retried. Permanent problems of user input are not errors: they are
-/// written to status conditions and wait for a change.
+/// The reconcilers' errors: an API call failed or timed out, the OS gave no random numbers, or a
+/// child could not be serialized (a bug). Each is counted, logged and retried
+/// ([`error_policy`]). Problems of user input are not errors: they are written to status
+/// conditions and wait for a change.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     #[error(transparent)]
