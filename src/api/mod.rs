@@ -1,4 +1,4 @@
-//! The HTTP API of SPEC §4, its routes named by what they serve ([`routes`]). Every replica
+//! The HTTP API of SPEC §4, its routes named by what they serve ([`routes`](mod@routes)). Every replica
 //! serves it.
 //!
 //! Handlers answer from the watch caches ([`Caches`]) where the caches hold the answer. They

@@ -55,7 +55,7 @@ pub struct RecentWrites {
 
 /// The reconcilers' errors: an API call failed or timed out, the OS gave no random numbers, or a
 /// child could not be serialized (a bug). Each is counted, logged and retried
-/// ([`error_policy`]). Problems of user input are not errors: they are written to status
+/// (`error_policy`). Problems of user input are not errors: they are written to status
 /// conditions and wait for a change.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
