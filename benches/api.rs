@@ -34,7 +34,7 @@ use plugin_operator::{
         error::ApiError,
     },
     resources::{Plugin, PluginInstall, PluginVersion},
-    runtime::cache::Caches,
+    runtime::{cache::Caches, clock::Clock},
 };
 use serde_json::json;
 
@@ -172,7 +172,7 @@ fn serve() -> (std::net::SocketAddr, Arc<Fake>) {
                 caches(),
                 "plugin-catalog".into(),
                 fake,
-                Arc::new(Timestamp::now),
+                Clock::system(),
             );
             state.set_ready(true);
             let router = api::router(state).route("/noop", axum::routing::get(|| async { "ok" }));

@@ -7,10 +7,11 @@ use tokio::net::TcpListener;
 use crate::{
     api,
     cli::RunArgs,
-    reconcile::{self, Clock, Context, HealthChecker, events::Events},
+    reconcile::{self, Context, HealthChecker, events::Events},
     runtime::{
         admin,
         cache::{Caches, Scope},
+        clock::Clock,
         leader::{Election, LeaderState, LeaseTimings},
         metrics::Metrics,
     },
@@ -35,6 +36,8 @@ pub enum RunError {
         "--lease-renew-before ({renew_before}s) must be shorter than --lease-duration ({duration}s)"
     )]
     LeaseTimings { duration: u64, renew_before: u64 },
+    #[error("cannot build the HTTP client of the health checks: {0}")]
+    HealthChecker(#[source] reqwest::Error),
     #[error("leader election failed to start: {0}")]
     Election(#[source] kube_lease_manager::LeaseManagerError),
 }
@@ -60,6 +63,7 @@ pub async fn run(args: RunArgs) -> Result<(), RunError> {
     let admin_state = admin::AdminState::new(registry);
 
     let (caches, feeds, drivers) = Caches::new(&client, &scope);
+    let clock = Clock::system();
 
     let identity = args.identity.clone();
     let (leader, election, _always) = if args.no_leader_election {
@@ -89,8 +93,8 @@ pub async fn run(args: RunArgs) -> Result<(), RunError> {
         leader,
         events: Events::new(client.clone(), identity),
         metrics,
-        clock: Clock::default(),
-        health_checker: HealthChecker::default(),
+        clock: clock.clone(),
+        health_checker: HealthChecker::new().map_err(RunError::HealthChecker)?,
         recent: Default::default(),
     });
 
@@ -106,7 +110,12 @@ pub async fn run(args: RunArgs) -> Result<(), RunError> {
         .with_graceful_shutdown(shutdown_signal());
 
     // Every replica serves the HTTP API from its caches (SPEC §4).
-    let api_state = api::ApiState::new(client.clone(), caches.clone(), args.catalog_namespace);
+    let api_state = api::ApiState::new(
+        client.clone(),
+        caches.clone(),
+        args.catalog_namespace,
+        clock,
+    );
     let api_listener = TcpListener::bind(args.api_addr)
         .await
         .map_err(|source| RunError::Bind {
@@ -115,7 +124,7 @@ pub async fn run(args: RunArgs) -> Result<(), RunError> {
         })?;
     tracing::info!(addr = %args.api_addr, "HTTP API listening");
     let api_router = api::router(api_state.clone()).layer(
-        api::seed003::Settings {
+        api::routes::plugin_services::Settings {
             access_token_seconds: args.plugin_access_token_seconds,
             refresh_token_seconds: args.plugin_refresh_token_seconds,
         }

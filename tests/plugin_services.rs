@@ -15,9 +15,12 @@ use kube::{
     api::{ListParams, PostParams},
 };
 use plugin_operator::{
-    api::{self, seed003::Settings},
+    api::{self, routes::plugin_services::Settings},
     resources::{Phase, PluginInstall, PluginJob},
-    runtime::cache::{Caches, Scope},
+    runtime::{
+        cache::{Caches, Scope},
+        clock::Clock,
+    },
 };
 use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
@@ -260,7 +263,12 @@ async fn second_api(client: &Client, settings: Settings) -> SocketAddr {
     for driver in drivers {
         tokio::spawn(driver);
     }
-    let state = api::ApiState::new(client.clone(), caches.clone(), "plugin-catalog".into());
+    let state = api::ApiState::new(
+        client.clone(),
+        caches.clone(),
+        "plugin-catalog".into(),
+        Clock::system(),
+    );
     assert!(caches.ready().await);
     state.set_ready(true);
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0")

@@ -18,6 +18,7 @@ use super::{
     backend::{Access, Backend, User},
     error::ApiError,
 };
+use crate::runtime::clock::Clock;
 
 /// Most entries each cache holds.
 pub const CAPACITY: u64 = 10_000;
@@ -27,14 +28,6 @@ pub const MAX_TTL: Duration = Duration::from_secs(120);
 pub const DEFAULT_TTL: Duration = Duration::from_secs(60);
 /// How long a refusal (unknown token, RBAC no) is reused.
 pub const NEGATIVE_TTL: Duration = Duration::from_secs(10);
-
-/// The time, injected so that tests can move it.
-pub type Now = Arc<dyn Fn() -> Timestamp + Send + Sync>;
-
-/// The wall clock.
-pub fn system_now() -> Now {
-    Arc::new(Timestamp::now)
-}
 
 /// SHA-256 of a token: the caches never hold tokens.
 pub type TokenKey = [u8; 32];
@@ -61,16 +54,16 @@ struct Cached<T> {
 /// Authentication and authorization with their caches.
 pub struct Auth {
     backend: Arc<dyn Backend>,
-    now: Now,
+    clock: Clock,
     users: Cache<TokenKey, Cached<Option<Arc<User>>>>,
     decisions: Cache<(TokenKey, Access), Cached<bool>>,
 }
 
 impl Auth {
-    pub fn new(backend: Arc<dyn Backend>, now: Now) -> Self {
+    pub fn new(backend: Arc<dyn Backend>, clock: Clock) -> Self {
         Self {
             backend,
-            now,
+            clock,
             users: bounded(),
             decisions: bounded(),
         }
@@ -79,7 +72,7 @@ impl Auth {
     /// The caller a token belongs to, or 401.
     pub async fn authenticate(&self, token: &str) -> Result<Caller, ApiError> {
         let key = token_key(token);
-        let now = (self.now)();
+        let now = self.clock.now();
         let expires = jwt_expiry(token);
         if expires.is_some_and(|exp| exp <= now) {
             self.users.invalidate(&key);
@@ -111,7 +104,7 @@ impl Auth {
 
     /// Whether the caller may do `access`.
     pub async fn allowed(&self, caller: &Caller, access: &Access) -> Result<bool, ApiError> {
-        let now = (self.now)();
+        let now = self.clock.now();
         let key = (caller.key, access.clone());
         if let Some(cached) = self.decisions.get(&key).filter(|c| c.until > now) {
             return Ok(cached.value);
@@ -293,7 +286,7 @@ mod tests {
 
     fn auth_at(clock: &'static AtomicI64) -> (Arc<Counting>, Auth) {
         let backend = Arc::new(Counting::default());
-        let now: Now = Arc::new(move || at(clock.load(Ordering::SeqCst)));
+        let now = Clock::new(move || at(clock.load(Ordering::SeqCst)));
         (backend.clone(), Auth::new(backend, now))
     }
 

@@ -15,8 +15,7 @@ use k8s_openapi::{
 use kube::{Api, Client, api::PostParams};
 
 use super::error::ApiError;
-use crate::reconcile::with_timeout;
-use crate::resources::GROUP;
+use crate::{resources::GROUP, runtime::call::with_timeout};
 
 /// The user a token belongs to, as TokenReview reports it.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Hash)]

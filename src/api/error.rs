@@ -1,11 +1,14 @@
-//! What can go wrong in a request, independent of any seed. Each seed module turns an
-//! [`ApiError`] into its own error body ([`SeedError`]).
-use std::fmt;
+//! What can go wrong in a request, independent of any seed ([`ApiError`]), and the one mapper
+//! from it to a response ([`SeedError`]): the status and headers come from the error, the body
+//! from the seed's [`ErrorShape`] (each seed keeps its own error body, SPEC §4).
+use std::{fmt, marker::PhantomData};
 
 use axum::{
     http::{HeaderValue, StatusCode, header},
     response::{IntoResponse, Response},
 };
+
+use crate::runtime::call::CallError;
 
 /// One problem with a request: the field (`body`, `domain_id`, `labels.team`, `spec.type`, …)
 /// and what is wrong with it.
@@ -99,11 +102,19 @@ impl ApiError {
         self.issues().first().map(|i| i.field.as_str())
     }
 
+    /// What went wrong, for people: every issue of a 400 (`field: message; …`), else the
+    /// error's text.
+    pub fn message(&self) -> String {
+        match self {
+            Self::Invalid(issues) => join(issues),
+            other => other.to_string(),
+        }
+    }
+
     /// A failed API call made on the caller's behalf (a write or a token request).
-    pub fn from_kube(what: &str, err: &crate::reconcile::Error) -> Self {
-        use crate::reconcile::Error;
+    pub fn from_kube(what: &str, err: &CallError) -> Self {
         match err {
-            Error::Kube(kube::Error::Api(status)) => {
+            CallError::Kube(kube::Error::Api(status)) => {
                 let message = format!("{what}: {}", status.message);
                 match status.code {
                     404 => Self::NotFound(message),
@@ -129,11 +140,11 @@ impl ApiError {
                     _ => Self::Internal(message),
                 }
             }
-            Error::Timeout(_) => Self::Unavailable {
+            CallError::Timeout(_) => Self::Unavailable {
                 message: format!("{what}: the API server did not answer in time"),
                 retry_after: 5,
             },
-            Error::Kube(other) => Self::Internal(format!("{what}: {other}")),
+            CallError::Kube(other) => Self::Internal(format!("{what}: {other}")),
         }
     }
 
@@ -156,11 +167,47 @@ impl ApiError {
     }
 }
 
-/// An error body of one seed. Each seed keeps its own (SPEC §4).
-pub trait SeedError: From<ApiError> + IntoResponse + Send + 'static {
+/// How one seed's callers read an error: its error body, and how they send their token.
+pub trait ErrorShape: Send + Sync + 'static {
     /// Whether the seed's callers may send their token in `X-Auth-Token` (seed 004) besides
     /// `Authorization: Bearer`.
     const X_AUTH_TOKEN: bool = false;
+
+    /// The body of `error` in this seed's shape.
+    fn body(error: &ApiError) -> impl serde::Serialize;
+}
+
+/// An error of a route of the seed whose error body is `S`.
+pub struct SeedError<S> {
+    pub error: ApiError,
+    _shape: PhantomData<fn() -> S>,
+}
+
+impl<S> SeedError<S> {
+    pub fn new(error: ApiError) -> Self {
+        Self {
+            error,
+            _shape: PhantomData,
+        }
+    }
+}
+
+impl<S> From<ApiError> for SeedError<S> {
+    fn from(error: ApiError) -> Self {
+        Self::new(error)
+    }
+}
+
+impl<S> fmt::Debug for SeedError<S> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.error.fmt(f)
+    }
+}
+
+impl<S: ErrorShape> IntoResponse for SeedError<S> {
+    fn into_response(self) -> Response {
+        respond(&self.error, S::body(&self.error))
+    }
 }
 
 /// Renders `body` with the error's status and headers.
@@ -171,7 +218,7 @@ pub fn respond(error: &ApiError, body: impl serde::Serialize) -> Response {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::reconcile::Error;
+    use crate::runtime::call::CallError as Error;
     use kube::core::Status;
 
     fn api(code: u16, reason: &str, message: &str) -> Error {

@@ -14,22 +14,22 @@ use serde_json::{Map, Value};
 use super::{
     ApiState,
     auth::Caller,
-    error::{ApiError, Issue, SeedError},
+    error::{ApiError, ErrorShape, Issue, SeedError},
 };
 
 /// Largest body the API reads.
 pub const BODY_LIMIT: usize = 1024 * 1024;
 
-/// The authenticated caller of a route whose errors are `E`.
+/// The authenticated caller of a route whose errors have the shape `E`.
 pub struct Authenticated<E> {
     pub caller: Caller,
     _seed: PhantomData<fn() -> E>,
 }
 
-impl<E: SeedError> FromRequestParts<ApiState> for Authenticated<E> {
-    type Rejection = E;
+impl<E: ErrorShape> FromRequestParts<ApiState> for Authenticated<E> {
+    type Rejection = SeedError<E>;
 
-    async fn from_request_parts(parts: &mut Parts, state: &ApiState) -> Result<Self, E> {
+    async fn from_request_parts(parts: &mut Parts, state: &ApiState) -> Result<Self, SeedError<E>> {
         if !state.is_ready() {
             return Err(ApiError::Unavailable {
                 message: "the operator's caches are not synced yet".into(),
@@ -99,12 +99,12 @@ pub struct JsonBody<T, E> {
 impl<T, E, S> FromRequest<S> for JsonBody<T, E>
 where
     T: FromJson,
-    E: SeedError,
+    E: ErrorShape,
     S: Send + Sync,
 {
-    type Rejection = E;
+    type Rejection = SeedError<E>;
 
-    async fn from_request(req: Request, _: &S) -> Result<Self, E> {
+    async fn from_request(req: Request, _: &S) -> Result<Self, SeedError<E>> {
         let object = json_object(req).await?;
         let mut fields = Fields::new(&object);
         let value = T::from_json(&mut fields);
@@ -307,12 +307,12 @@ pub struct SeedPath<T, E> {
 impl<T, E, S> FromRequestParts<S> for SeedPath<T, E>
 where
     T: DeserializeOwned + Send,
-    E: SeedError,
+    E: ErrorShape,
     S: Send + Sync,
 {
-    type Rejection = E;
+    type Rejection = SeedError<E>;
 
-    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, E> {
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, SeedError<E>> {
         match Path::<T>::from_request_parts(parts, state).await {
             Ok(Path(value)) => Ok(Self {
                 value,
@@ -332,12 +332,12 @@ pub struct SeedQuery<E> {
 
 impl<E, S> FromRequestParts<S> for SeedQuery<E>
 where
-    E: SeedError,
+    E: ErrorShape,
     S: Send + Sync,
 {
-    type Rejection = E;
+    type Rejection = SeedError<E>;
 
-    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, E> {
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, SeedError<E>> {
         match Query::<Vec<(String, String)>>::from_request_parts(parts, state).await {
             Ok(Query(pairs)) => Ok(Self {
                 params: pairs.into_iter().collect(),

@@ -1,19 +1,26 @@
-//! The HTTP API of SPEC §4, one module per seed. Every replica serves it.
+//! The HTTP API of SPEC §4, its routes named by what they serve ([`routes`](mod@routes)). Every replica
+//! serves it.
 //!
-//! Handlers read only the watch caches ([`Caches`]); the API-server calls a request can make are
-//! the caller's TokenReview and SubjectAccessReviews (cached, [`auth`]), the writes it asks for
-//! (patches and creates with the field manager `plugin-operator`, so kubectl and the API agree)
-//! and, for a plugin's access token, a TokenRequest (cached too). `/openapi.json` is generated
-//! from the same route definitions as the router.
+//! Handlers answer from the watch caches ([`Caches`]) where the caches hold the answer. They
+//! call the API server for what no cache holds, each call with a timeout:
+//! - who the caller is and what they may do: TokenReview and SubjectAccessReview (cached by
+//!   token hash, [`auth`]); a plugin token's TokenReview (seed 003, cached too);
+//! - tokens for plugins: TokenRequest (seed 000 cached while fresh; seed 003 per login);
+//! - reads that must be current: the install before a config merge and its credentials Secret
+//!   (seed 003), the storage ConfigMaps and PluginJobs;
+//! - the writes the caller asks for (patches and creates with the field manager
+//!   `plugin-operator`, so kubectl and the API agree), and a refresh token recorded in the
+//!   install's credentials Secret. The API never creates or rotates credentials: the controller
+//!   does.
+//!
+//! One error type ([`error::ApiError`]) and one mapper ([`error::SeedError`]) serve every route;
+//! each seed keeps its own error body ([`error::ErrorShape`]). `/openapi.json` is generated from
+//! the same route definitions as the router.
 pub mod auth;
 pub mod backend;
 pub mod error;
 pub mod extract;
-pub mod seed000;
-pub mod seed001;
-pub mod seed002;
-pub mod seed003;
-pub mod seed004;
+pub mod routes;
 
 use std::sync::{
     Arc,
@@ -27,7 +34,7 @@ use axum::{
     routing::get,
 };
 use k8s_openapi::jiff::Timestamp;
-use kube::{Client, Resource, ResourceExt};
+use kube::Client;
 use semver::Version;
 use utoipa::{
     Modify, OpenApi,
@@ -36,13 +43,14 @@ use utoipa::{
 use utoipa_axum::{router::OpenApiRouter, routes};
 
 use crate::{
-    reconcile::install::{find_plugin, plugin_versions},
+    lifecycle,
     resources::{Plugin, PluginInstall, PluginVersion},
-    runtime::cache::{self, Caches},
+    runtime::{cache::Caches, clock::Clock},
 };
 
-use auth::{Auth, Now};
+use auth::Auth;
 use backend::{Backend, KubeBackend};
+use routes::{endpoints, instances, plugin_services, registry, versions};
 
 /// What the handlers share.
 #[derive(Clone)]
@@ -54,22 +62,16 @@ struct Shared {
     catalog_namespace: String,
     auth: Auth,
     backend: Arc<dyn Backend>,
-    tokens: seed000::IssuedTokens,
-    now: Now,
+    tokens: routes::endpoints::IssuedTokens,
+    clock: Clock,
     ready: AtomicBool,
 }
 
 impl ApiState {
     /// The API as `plugin-operator run` serves it: the operator's client asks the API server.
-    pub fn new(client: Client, caches: Caches, catalog_namespace: String) -> Self {
+    pub fn new(client: Client, caches: Caches, catalog_namespace: String, clock: Clock) -> Self {
         let backend = Arc::new(KubeBackend::new(client.clone()));
-        Self::with_backend(
-            client,
-            caches,
-            catalog_namespace,
-            backend,
-            auth::system_now(),
-        )
+        Self::with_backend(client, caches, catalog_namespace, backend, clock)
     }
 
     /// With another [`Backend`] and clock (tests, the benchmark). `client` is used for writes
@@ -79,16 +81,16 @@ impl ApiState {
         caches: Caches,
         catalog_namespace: String,
         backend: Arc<dyn Backend>,
-        now: Now,
+        clock: Clock,
     ) -> Self {
         Self(Arc::new(Shared {
             client,
             caches,
             catalog_namespace,
-            auth: Auth::new(backend.clone(), now.clone()),
+            auth: Auth::new(backend.clone(), clock.clone()),
             backend,
-            tokens: seed000::IssuedTokens::default(),
-            now,
+            tokens: routes::endpoints::IssuedTokens::default(),
+            clock,
             ready: AtomicBool::new(false),
         }))
     }
@@ -122,38 +124,36 @@ impl ApiState {
         &self.0.backend
     }
 
-    pub(crate) fn tokens(&self) -> &seed000::IssuedTokens {
+    pub(crate) fn tokens(&self) -> &routes::endpoints::IssuedTokens {
         &self.0.tokens
     }
 
     pub fn now(&self) -> Timestamp {
-        (self.0.now)()
+        self.0.clock.now()
     }
 
     /// An install by `metadata.uid`, in any namespace.
     pub fn install_by_uid(&self, uid: &str) -> Option<Arc<PluginInstall>> {
-        cache::select(&self.0.caches.installs, |i| {
-            i.meta().uid.as_deref() == Some(uid)
-        })
-        .into_iter()
-        .next()
+        self.0.caches.install_by_uid(uid)
     }
 
     /// The Plugin an install runs, if it may use it.
     pub fn plugin_of(&self, install: &PluginInstall) -> Option<Arc<Plugin>> {
-        find_plugin(install, &self.0.caches, &self.0.catalog_namespace).ok()
+        self.0
+            .caches
+            .plugin_of(install, &self.0.catalog_namespace)
+            .ok()
     }
 
-    /// A version of a plugin, by number.
-    pub fn version_of(&self, plugin: &Plugin, version: &str) -> Option<Arc<PluginVersion>> {
-        let wanted = Version::parse(version).ok()?;
-        plugin_versions(
-            &self.0.caches,
-            &plugin.namespace().unwrap_or_default(),
-            &plugin.name_any(),
-        )
-        .into_iter()
-        .find(|v| Version::parse(&v.spec.version).is_ok_and(|n| n.cmp_precedence(&wanted).is_eq()))
+    /// A version of a plugin, by number (build metadata aside).
+    pub fn version_of(&self, plugin: &Plugin, wanted: &Version) -> Option<Arc<PluginVersion>> {
+        self.0
+            .caches
+            .versions_of_plugin(plugin)
+            .into_iter()
+            .find(|v| {
+                lifecycle::versions::number(v).is_some_and(|n| n.cmp_precedence(wanted).is_eq())
+            })
     }
 }
 
@@ -193,15 +193,15 @@ impl Modify for Security {
 
 fn routes() -> OpenApiRouter<ApiState> {
     OpenApiRouter::with_openapi(ApiDoc::openapi())
-        .routes(routes!(seed000::get_endpoint))
-        .routes(routes!(seed000::notify_failure))
-        .routes(routes!(seed001::list_plugins, seed001::register_plugin))
-        .routes(routes!(seed001::get_plugin, seed001::delete_plugin))
-        .routes(routes!(seed002::list_plugins))
-        .routes(routes!(seed002::set_active))
-        .routes(routes!(seed002::set_config))
-        .routes(routes!(seed004::detail_route))
-        .merge(seed003::routes())
+        .routes(routes!(endpoints::get_endpoint))
+        .routes(routes!(endpoints::notify_failure))
+        .routes(routes!(registry::list_plugins, registry::register_plugin))
+        .routes(routes!(registry::get_plugin, registry::delete_plugin))
+        .routes(routes!(instances::list_plugins))
+        .routes(routes!(instances::set_active))
+        .routes(routes!(instances::set_config))
+        .routes(routes!(versions::detail_route))
+        .merge(plugin_services::routes())
 }
 
 /// The OpenAPI document of every route.
@@ -227,6 +227,8 @@ pub const OPENAPI_PATH: &str = "/openapi.json";
 /// The router of the API.
 pub fn router(state: ApiState) -> Router {
     let (router, _) = routes().split_for_parts();
+    // The document is made of the route definitions alone, and a unit test serializes it
+    // (`the_openapi_document_lists_every_route`): the fallback never serves.
     let document = openapi().to_json().unwrap_or_else(|_| "{}".to_owned());
     router
         .route(

@@ -3,21 +3,21 @@
 //! operator must do. Pure: observations and the clock come in as values.
 use k8s_openapi::jiff::Timestamp;
 
-use crate::resources::{Phase, conditions::reason};
-
-/// Waiting reason of a container that cannot be created from its spec.
-const CONTAINER_CONFIG_ERROR: &str = "ContainerConfigError";
+use crate::resources::{FailureReason, Phase};
 
 /// Waiting reasons that count as a failure as soon as they are seen.
-const FAILING_WAITING_REASONS: &[(&str, &str)] = &[
-    ("CrashLoopBackOff", reason::CRASH_LOOP),
-    ("ImagePullBackOff", reason::IMAGE_PULL_FAILED),
-    ("ErrImagePull", reason::IMAGE_PULL_FAILED),
-    ("ErrImageNeverPull", reason::IMAGE_PULL_FAILED),
-    ("InvalidImageName", reason::IMAGE_PULL_FAILED),
-    ("CreateContainerConfigError", CONTAINER_CONFIG_ERROR),
-    ("CreateContainerError", CONTAINER_CONFIG_ERROR),
-    ("RunContainerError", CONTAINER_CONFIG_ERROR),
+const FAILING_WAITING_REASONS: &[(&str, FailureReason)] = &[
+    ("CrashLoopBackOff", FailureReason::CrashLoop),
+    ("ImagePullBackOff", FailureReason::ImagePullFailed),
+    ("ErrImagePull", FailureReason::ImagePullFailed),
+    ("ErrImageNeverPull", FailureReason::ImagePullFailed),
+    ("InvalidImageName", FailureReason::ImagePullFailed),
+    (
+        "CreateContainerConfigError",
+        FailureReason::ContainerConfigError,
+    ),
+    ("CreateContainerError", FailureReason::ContainerConfigError),
+    ("RunContainerError", FailureReason::ContainerConfigError),
 ];
 
 /// What the Deployment's status says, reduced to what the lifecycle needs.
@@ -88,7 +88,7 @@ pub enum Health {
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Failure {
-    pub reason: &'static str,
+    pub reason: FailureReason,
     pub message: String,
     pub reported_by: Option<String>,
 }
@@ -124,7 +124,7 @@ pub fn health(observation: &Observation<'_>) -> Health {
     };
     if deployment.deadline_exceeded {
         return Health::Failed(Failure {
-            reason: reason::PROGRESS_DEADLINE_EXCEEDED,
+            reason: FailureReason::ProgressDeadlineExceeded,
             message: "the plugin did not become ready within progressDeadlineSeconds".into(),
             reported_by: None,
         });
@@ -158,7 +158,7 @@ fn failing_pod(pod: &PodView) -> Option<Failure> {
         .map(|m| format!(": {m}"))
         .unwrap_or_default();
     Some(Failure {
-        reason,
+        reason: *reason,
         message: format!("pod {} is in {waiting}{detail}", pod.name),
         reported_by: None,
     })
@@ -172,7 +172,7 @@ fn disturbance(observation: &Observation<'_>) -> Option<Failure> {
         .filter(|r| since.is_none_or(|s| r.at > s))
     {
         return Some(Failure {
-            reason: reason::FAILURE_REPORTED,
+            reason: FailureReason::FailureReported,
             message: report.message.clone(),
             reported_by: Some(report.reported_by.clone()),
         });
@@ -182,7 +182,7 @@ fn disturbance(observation: &Observation<'_>) -> Option<Failure> {
             .is_some_and(|t| since.is_none_or(|s| t > s))
     }) {
         return Some(Failure {
-            reason: reason::CONTAINER_RESTARTED,
+            reason: FailureReason::ContainerRestarted,
             message: format!(
                 "a container of pod {} restarted (restarts: {})",
                 pod.name, pod.restart_count
@@ -195,7 +195,7 @@ fn disturbance(observation: &Observation<'_>) -> Option<Failure> {
         .iter()
         .find(|p| !p.ready)
         .map(|pod| Failure {
-            reason: reason::POD_UNREADY,
+            reason: FailureReason::PodUnready,
             message: format!("pod {} is not ready", pod.name),
             reported_by: None,
         })
@@ -360,9 +360,9 @@ mod tests {
     #[test]
     fn crash_loop_and_pull_errors_fail_at_once() {
         for (waiting, reason) in [
-            ("CrashLoopBackOff", reason::CRASH_LOOP),
-            ("ImagePullBackOff", reason::IMAGE_PULL_FAILED),
-            ("ErrImagePull", reason::IMAGE_PULL_FAILED),
+            ("CrashLoopBackOff", FailureReason::CrashLoop),
+            ("ImagePullBackOff", FailureReason::ImagePullFailed),
+            ("ErrImagePull", FailureReason::ImagePullFailed),
         ] {
             let pods = [PodView {
                 name: "a".into(),
@@ -404,7 +404,9 @@ mod tests {
             ..Default::default()
         }];
         let h = health(&obs(Some(Phase::Connecting), Some(&d), &pods));
-        assert!(matches!(&h, Health::Failed(f) if f.reason == reason::PROGRESS_DEADLINE_EXCEEDED));
+        assert!(
+            matches!(&h, Health::Failed(f) if f.reason == FailureReason::ProgressDeadlineExceeded)
+        );
         assert_eq!(decide(Some(Phase::Connecting), h).phase, Phase::Error);
     }
 
@@ -417,7 +419,7 @@ mod tests {
             ..Default::default()
         }];
         let h = health(&obs(Some(Phase::Active), Some(&d), &unready));
-        assert!(matches!(&h, Health::Disturbed(f) if f.reason == reason::POD_UNREADY));
+        assert!(matches!(&h, Health::Disturbed(f) if f.reason == FailureReason::PodUnready));
         assert!(matches!(
             decide(Some(Phase::Active), h),
             Decision {
@@ -432,7 +434,9 @@ mod tests {
             ..ready_pod("a")
         }];
         let h = health(&obs(Some(Phase::Active), Some(&d), &restarted));
-        assert!(matches!(&h, Health::Disturbed(f) if f.reason == reason::CONTAINER_RESTARTED));
+        assert!(
+            matches!(&h, Health::Disturbed(f) if f.reason == FailureReason::ContainerRestarted)
+        );
 
         let crash_looping = [PodView {
             waiting_reason: Some("CrashLoopBackOff".into()),
@@ -505,7 +509,7 @@ mod tests {
             Phase::Active
         );
         let f = Failure {
-            reason: reason::CRASH_LOOP,
+            reason: FailureReason::CrashLoop,
             message: String::new(),
             reported_by: None,
         };
@@ -528,7 +532,7 @@ mod tests {
             }
         );
         let f = Failure {
-            reason: reason::CRASH_LOOP,
+            reason: FailureReason::CrashLoop,
             message: String::new(),
             reported_by: None,
         };

@@ -1,28 +1,57 @@
-//! The writes of the reconcilers: server-side apply of children and status, with the one field
-//! manager. Each write happens only when what is built differs from what the caches hold.
-use k8s_openapi::api::apps::v1::Deployment;
+//! The writes of the reconcilers, with the one field manager: server-side apply of children and
+//! status, the in-use finalizer, the credentials Secret. Each write happens only when what is
+//! built differs from what is there (the caches, or the Secret's metadata observed).
+use k8s_openapi::api::{apps::v1::Deployment, core::v1::Secret};
 use kube::{
     Api, Resource, ResourceExt,
-    api::{DeleteParams, Patch, PatchParams},
+    api::{DeleteParams, Patch, PatchParams, PostParams},
     runtime::reflector::Store,
 };
 use serde::{Serialize, de::DeserializeOwned};
 
-use super::{
-    Context, Error,
-    build::{Children, FIELD_MANAGER, annotations},
-    with_timeout,
-};
+use super::{Context, Error, build::Children, install::CredentialsPlan};
 use crate::{
     resources::{
         Plugin, PluginInstall, PluginInstallStatus, PluginStatus, PluginVersion,
         PluginVersionStatus,
+        names::{FIELD_MANAGER, annotations},
     },
-    runtime::cache,
+    runtime::{cache, call::with_timeout},
 };
 
 fn apply_params() -> PatchParams {
     PatchParams::apply(FIELD_MANAGER).force()
+}
+
+/// Creates or rotates an install's credentials Secret, as planned. Created, never overwritten:
+/// a Secret that exists already (made meanwhile) is left alone. A rotation replaces it only if
+/// it is still the one observed (its resourceVersion): a refresh token the API recorded
+/// meanwhile fails it with a conflict, and the next reconcile decides again.
+pub async fn credentials(ctx: &Context, plan: &CredentialsPlan) -> Result<(), Error> {
+    let params = PostParams {
+        field_manager: Some(FIELD_MANAGER.to_owned()),
+        ..Default::default()
+    };
+    let (secret, rotate) = match plan {
+        CredentialsPlan::Keep => return Ok(()),
+        CredentialsPlan::Create(secret) => (secret, false),
+        CredentialsPlan::Rotate(secret) => (secret, true),
+    };
+    let namespace = secret.namespace().unwrap_or_default();
+    let name = secret.name_any();
+    let api: Api<Secret> = Api::namespaced(ctx.client.clone(), &namespace);
+    if rotate {
+        with_timeout(api.replace(&name, &params, secret)).await?;
+        tracing::info!(%namespace, secret = %name, "credentials rotated; refresh tokens revoked");
+    } else {
+        match with_timeout(api.create(&params, secret)).await {
+            Ok(_) => tracing::info!(%namespace, secret = %name, "credentials created"),
+            Err(err) if err.is_conflict() => return Ok(()),
+            Err(err) => return Err(err.into()),
+        }
+    }
+    ctx.metrics.wrote("Secret");
+    Ok(())
 }
 
 /// Applies every child whose applied hash differs from the cached one.
@@ -79,8 +108,8 @@ pub async fn remove_deployment(ctx: &Context, install: &PluginInstall) -> Result
             ctx.metrics.wrote("Deployment");
             Ok(())
         }
-        Err(Error::Kube(kube::Error::Api(status))) if status.code == 404 => Ok(()),
-        Err(err) => Err(err),
+        Err(err) if err.is_not_found() => Ok(()),
+        Err(err) => Err(err.into()),
     }
 }
 
@@ -119,13 +148,8 @@ where
             {"op": "remove", "path": format!("/metadata/finalizers/{i}")},
         ]),
     };
-    let patch: json_patch::Patch = match serde_json::from_value(operations) {
-        Ok(patch) => patch,
-        Err(error) => {
-            tracing::error!(%error, "built an invalid finalizer patch");
-            return Ok(());
-        }
-    };
+    let patch: json_patch::Patch =
+        serde_json::from_value(operations).map_err(super::build::BuildError::from)?;
     let api: Api<K> = Api::namespaced(ctx.client.clone(), &object.namespace().unwrap_or_default());
     match with_timeout(api.patch(
         &object.name_any(),
@@ -138,8 +162,8 @@ where
     .await
     {
         Ok(_) => {}
-        Err(Error::Kube(kube::Error::Api(status))) if status.code == 404 => {}
-        Err(err) => return Err(err),
+        Err(err) if err.is_not_found() => {}
+        Err(err) => return Err(err.into()),
     }
     ctx.metrics.wrote(K::kind(&()).as_ref());
     Ok(())

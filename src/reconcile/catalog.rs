@@ -6,8 +6,9 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use kube::{Resource, ResourceExt, runtime::controller::Action};
 use semver::Version;
 
-use super::{Context, Error, apply, install};
+use super::{Context, Error, apply};
 use crate::{
+    lifecycle::{access, versions},
     resources::{
         NewCondition, Plugin, PluginInstall, PluginStatus, PluginVersion, PluginVersionStatus,
         conditions::{self, ConditionStatus, reason},
@@ -22,15 +23,14 @@ pub async fn reconcile_plugin(plugin: Arc<Plugin>, ctx: Arc<Context>) -> Result<
         return Ok(Action::await_change());
     }
     let plugin = ctx.recent.plugins.fresh(plugin);
-    let namespace = plugin.namespace().unwrap_or_default();
-    let versions = install::plugin_versions(&ctx.caches, &namespace, &plugin.name_any());
+    let versions = ctx.caches.versions_of_plugin(&plugin);
     let installs = cache::select(&ctx.caches.installs, |_| true);
     let status = plugin_status(
         &plugin,
         &versions,
         &installs,
         &ctx.catalog_namespace,
-        Time(ctx.clock.now()),
+        Time(ctx.clock.now_in_seconds()),
     );
     apply::status(&ctx, &ctx.recent.plugins, &*plugin, &status).await?;
     Ok(Action::await_change())
@@ -49,22 +49,16 @@ pub fn plugin_status(
     let mut all: Vec<(Version, bool)> = versions
         .iter()
         .filter_map(|v| {
-            Version::parse(&v.spec.version)
-                .ok()
-                .map(|parsed| (parsed, v.spec.is_formal() && install::is_accepted(v)))
+            v.spec
+                .number()
+                .map(|parsed| (parsed, v.spec.is_formal() && versions::is_accepted(v)))
         })
         .collect();
     all.sort_by(|a, b| b.0.cmp(&a.0));
     all.dedup_by(|a, b| a.0 == b.0);
     let install_count = installs
         .iter()
-        .filter(|i| {
-            let own = i.namespace().unwrap_or_default();
-            let target_ns = i.spec.plugin.namespace_or(&own);
-            i.spec.plugin.name() == name
-                && target_ns == namespace
-                && (own == namespace || namespace == catalog)
-        })
+        .filter(|i| access::uses_plugin(i, &namespace, &name, catalog))
         .count();
     let mut status = plugin.status.clone().unwrap_or_default();
     status.latest_version = all
@@ -72,6 +66,7 @@ pub fn plugin_status(
         .find(|(_, formal)| *formal)
         .map(|(v, _)| v.to_string());
     status.versions = all.iter().map(|(v, _)| v.to_string()).collect();
+    // Saturates: two billion installs of one plugin read as i32::MAX.
     status.installs = i32::try_from(install_count).unwrap_or(i32::MAX);
     status.observed_generation = plugin.meta().generation;
     let accepted = validate::validate_plugin(&plugin.spec);
@@ -114,8 +109,8 @@ pub async fn reconcile_version(
         _ => {}
     }
     let plugin_exists = cache::get(&ctx.caches.plugins, &namespace, &version.spec.plugin).is_some();
-    let siblings = install::plugin_versions(&ctx.caches, &namespace, &version.spec.plugin);
-    let now = Time(ctx.clock.now());
+    let siblings = ctx.caches.versions_of(&namespace, &version.spec.plugin);
+    let now = Time(ctx.clock.now_in_seconds());
     let mut status = version_status(&version, plugin_exists, &siblings, now.clone());
     set(
         &mut status.conditions,
@@ -137,21 +132,14 @@ pub fn holders(
     catalog: &str,
 ) -> Vec<String> {
     let namespace = version.namespace().unwrap_or_default();
-    let number = Version::parse(&version.spec.version).ok();
+    let number = version.spec.number();
     let mut held: Vec<String> = installs
         .iter()
-        .filter(|i| {
-            let own = i.namespace().unwrap_or_default();
-            i.spec.plugin.name() == version.spec.plugin
-                && i.spec.plugin.namespace_or(&own) == namespace
-                && (own == namespace || namespace == catalog)
-        })
+        .filter(|i| access::uses_plugin(i, &namespace, &version.spec.plugin, catalog))
         .filter(|i| {
             let status = i.status.as_ref();
-            let uses = |v: Option<&String>| {
-                v.and_then(|v| Version::parse(v).ok()) == number && number.is_some()
-            };
-            status.is_some_and(|s| uses(s.version.as_ref()) || uses(s.target_version.as_ref()))
+            let uses = |v: Option<Version>| v.is_some() && v == number;
+            status.is_some_and(|s| uses(s.running()) || uses(s.rolling_out()))
         })
         .map(|i| format!("{}/{}", i.namespace().unwrap_or_default(), i.name_any()))
         .collect();
@@ -247,11 +235,8 @@ pub fn version_status(
 
 fn same_number(a: &PluginVersion, b: &PluginVersion) -> bool {
     a.uid() != b.uid()
-        && match (
-            Version::parse(&a.spec.version),
-            Version::parse(&b.spec.version),
-        ) {
-            (Ok(x), Ok(y)) => x == y,
+        && match (a.spec.number(), b.spec.number()) {
+            (Some(x), Some(y)) => x == y,
             _ => false,
         }
 }

@@ -7,7 +7,10 @@ use k8s_openapi::{
 };
 use kube::{Api, Client, Resource, ResourceExt, api::PostParams};
 
-use crate::resources::{Phase, PluginInstall, PluginInstallStatus};
+use crate::{
+    resources::{Phase, PluginInstall, PluginInstallStatus, names::FIELD_MANAGER},
+    runtime::call::API_TIMEOUT,
+};
 
 /// A change of phase, described for people.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -39,11 +42,7 @@ impl Transition {
         Event {
             metadata: ObjectMeta {
                 // Named as kubelet and kube-rs name theirs: object name, then a unique suffix.
-                name: Some(format!(
-                    "{}.{:x}",
-                    install.name_any(),
-                    Timestamp::now().as_nanosecond()
-                )),
+                name: Some(format!("{}.{:x}", install.name_any(), now.as_nanosecond())),
                 namespace: install.namespace(),
                 ..Default::default()
             },
@@ -105,10 +104,10 @@ impl Events {
         );
         let event = transition.event(install, &self.reporter, now);
         let params = PostParams {
-            field_manager: Some(super::build::FIELD_MANAGER.to_owned()),
+            field_manager: Some(FIELD_MANAGER.to_owned()),
             ..Default::default()
         };
-        match tokio::time::timeout(super::API_TIMEOUT, api.create(&params, &event)).await {
+        match tokio::time::timeout(API_TIMEOUT, api.create(&params, &event)).await {
             Ok(Ok(_)) => {}
             Ok(Err(error)) => tracing::warn!(%error, "could not publish an event"),
             Err(_) => tracing::warn!("publishing an event timed out"),

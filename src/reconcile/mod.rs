@@ -1,5 +1,8 @@
 //! The controllers: PluginInstall (runs plugins), Plugin and PluginVersion (their status).
-//! Each reconcile is fetch → plan (pure) → apply → status; only the Lease holder reconciles.
+//! An install's reconcile is observe → plan (pure) → apply → status ([`install`]); a Plugin's
+//! and a PluginVersion's read the caches, compute their status with pure functions
+//! ([`catalog`]) and write it. Only the Lease holder reconciles. This layer is used by the
+//! wiring (`operator.rs`) alone.
 pub mod apply;
 pub mod build;
 pub mod catalog;
@@ -9,7 +12,6 @@ pub mod install;
 use std::{future::Future, sync::Arc, time::Duration};
 
 use futures::StreamExt;
-use k8s_openapi::jiff::Timestamp;
 use kube::{
     Client, Resource, ResourceExt,
     runtime::{
@@ -22,12 +24,13 @@ use kube::{
 use k8s_openapi::api::{apps::v1::Deployment, core::v1::Pod};
 
 use crate::{
-    resources::{Plugin, PluginInstall, PluginVersion},
-    runtime::{cache, leader::LeaderState, metrics::Metrics},
+    lifecycle::access,
+    resources::{Plugin, PluginInstall, PluginVersion, names::labels},
+    runtime::{
+        cache, call::CallError, clock::Clock, leader::LeaderState, metrics::Metrics,
+        random::RandomError,
+    },
 };
-
-/// Every API call of a reconcile gives up after this long.
-pub const API_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// What the reconcilers share.
 pub struct Context {
@@ -50,54 +53,28 @@ pub struct RecentWrites {
     pub versions: cache::Recent<PluginVersion>,
 }
 
-/// The reconcilers' errors: all of them are transient (the API server did not answer, or
-/// refused a write) and are retried with backoff. Permanent problems of user input are not
-/// errors: they are written to status conditions and wait for a change.
+/// The reconcilers' errors: an API call failed or timed out, the OS gave no random numbers, or a
+/// child could not be serialized (a bug). Each is counted, logged and retried
+/// (`error_policy`). Problems of user input are not errors: they are written to status
+/// conditions and wait for a change.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
-    #[error("API request failed: {0}")]
-    Kube(#[from] kube::Error),
-    #[error("API request timed out after {0:?}")]
-    Timeout(Duration),
+    #[error(transparent)]
+    Call(#[from] CallError),
+    #[error(transparent)]
+    Random(#[from] RandomError),
+    #[error(transparent)]
+    Build(#[from] build::BuildError),
 }
 
 impl Error {
     /// A short label for metrics.
     pub fn metric_label(&self) -> &'static str {
         match self {
-            Self::Kube(kube::Error::Api(_)) => "api",
-            Self::Kube(_) => "client",
-            Self::Timeout(_) => "timeout",
+            Self::Call(call) => call.metric_label(),
+            Self::Random(_) => "random",
+            Self::Build(_) => "build",
         }
-    }
-}
-
-/// Runs an API call with [`API_TIMEOUT`].
-pub async fn with_timeout<T>(
-    call: impl Future<Output = Result<T, kube::Error>>,
-) -> Result<T, Error> {
-    match tokio::time::timeout(API_TIMEOUT, call).await {
-        Ok(result) => result.map_err(Error::Kube),
-        Err(_) => Err(Error::Timeout(API_TIMEOUT)),
-    }
-}
-
-/// The time, in whole seconds (what `metav1.Time` keeps), so that a status built from it
-/// compares equal to the one read back. Injected so tests can fix it.
-#[derive(Clone, Copy)]
-pub struct Clock(pub fn() -> Timestamp);
-
-impl Default for Clock {
-    fn default() -> Self {
-        Self(|| {
-            Timestamp::from_second(Timestamp::now().as_second()).unwrap_or(Timestamp::UNIX_EPOCH)
-        })
-    }
-}
-
-impl Clock {
-    pub fn now(&self) -> Timestamp {
-        (self.0)()
     }
 }
 
@@ -107,18 +84,17 @@ pub struct HealthChecker {
     http: reqwest::Client,
 }
 
-impl Default for HealthChecker {
-    fn default() -> Self {
+impl HealthChecker {
+    /// Each check gives up after 3 s. Fails when the HTTP client cannot be built (no TLS
+    /// roots): then the operator does not start, rather than check without a timeout.
+    pub fn new() -> Result<Self, reqwest::Error> {
         let http = reqwest::Client::builder()
             .timeout(Duration::from_secs(3))
             .redirect(reqwest::redirect::Policy::limited(3))
-            .build()
-            .unwrap_or_default();
-        Self { http }
+            .build()?;
+        Ok(Self { http })
     }
-}
 
-impl HealthChecker {
     /// A 2xx or 3xx answer counts as healthy.
     pub async fn check(&self, endpoint: &str) -> Result<(), String> {
         match self.http.get(endpoint).send().await {
@@ -143,7 +119,8 @@ fn without_url(err: &reqwest::Error) -> String {
     }
 }
 
-/// Transient errors are retried with a growing delay (per object, capped).
+/// A failed reconcile is counted, logged and tried again after a fixed 5 s (every error alike,
+/// for now: the controller's own backoff is not used).
 fn error_policy<K: Resource<DynamicType = ()>>(
     object: Arc<K>,
     error: &Error,
@@ -163,41 +140,30 @@ struct Relations {
 }
 
 impl Relations {
-    /// Namespace of the Plugin an install names, when it may use it.
-    fn plugin_namespace(&self, install: &PluginInstall) -> Option<String> {
-        let own = install.namespace().unwrap_or_default();
-        let ns = install.spec.plugin.namespace_or(&own).to_owned();
-        (ns == own || ns == self.catalog).then_some(ns)
-    }
-
     fn installs_of_plugin(&self, namespace: &str, plugin: &str) -> Vec<ObjectRef<PluginInstall>> {
         self.caches
-            .installs
-            .state()
-            .into_iter()
-            .filter(|i| {
-                i.spec.plugin.name() == plugin
-                    && self.plugin_namespace(i).as_deref() == Some(namespace)
-            })
-            .map(|i| ObjectRef::from_obj(&*i))
+            .installs_of(namespace, plugin, &self.catalog)
+            .iter()
+            .map(|i| ObjectRef::from_obj(&**i))
             .collect()
     }
 
     fn plugin_of_install(&self, install: &PluginInstall) -> Option<ObjectRef<Plugin>> {
-        let ns = self.plugin_namespace(install)?;
-        Some(ObjectRef::new(install.spec.plugin.name()).within(&ns))
+        let ns = access::plugin_namespace(install, &self.catalog).ok()?;
+        Some(ObjectRef::new(install.spec.plugin.name()).within(ns))
     }
 
     fn versions_of_plugin(&self, namespace: &str, plugin: &str) -> Vec<ObjectRef<PluginVersion>> {
-        install::plugin_versions(&self.caches, namespace, plugin)
+        self.caches
+            .versions_of(namespace, plugin)
             .iter()
             .map(|v| ObjectRef::from_obj(&**v))
             .collect()
     }
 
     fn versions_of_install(&self, install: &PluginInstall) -> Vec<ObjectRef<PluginVersion>> {
-        self.plugin_namespace(install)
-            .map(|ns| self.versions_of_plugin(&ns, install.spec.plugin.name()))
+        access::plugin_namespace(install, &self.catalog)
+            .map(|ns| self.versions_of_plugin(ns, install.spec.plugin.name()))
             .unwrap_or_default()
     }
 }
@@ -207,7 +173,7 @@ fn plugin_of_version(version: &PluginVersion) -> ObjectRef<Plugin> {
 }
 
 fn install_of_child<K: Resource>(child: &K) -> Option<ObjectRef<PluginInstall>> {
-    let name = child.labels().get(build::labels::INSTALL)?;
+    let name = child.labels().get(labels::INSTALL)?;
     Some(ObjectRef::new(name).within(&child.namespace().unwrap_or_default()))
 }
 

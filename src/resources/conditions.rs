@@ -30,20 +30,22 @@ pub mod reason {
     pub const RUNNING: &str = "Running";
     pub const UNUSED: &str = "Unused";
 
-    // Failures, for `Degraded`, `Ready` and `status.lastFailure`.
-    pub const IMAGE_PULL_FAILED: &str = "ImagePullFailed";
-    pub const CRASH_LOOP: &str = "CrashLoop";
-    pub const CONTAINER_CONFIG_ERROR: &str = "ContainerConfigError";
-    pub const PROGRESS_DEADLINE_EXCEEDED: &str = "ProgressDeadlineExceeded";
-    pub const CONTAINER_RESTARTED: &str = "ContainerRestarted";
-    pub const POD_UNREADY: &str = "PodUnready";
-    pub const FAILURE_REPORTED: &str = "FailureReported";
-    pub const UNSUPPORTED_EXECUTION: &str = "UnsupportedExecution";
-    pub const PLUGIN_NOT_FOUND: &str = "PluginNotFound";
-    pub const PLUGIN_NOT_INSTALLABLE: &str = "PluginNotInstallable";
-    pub const VERSION_NOT_FOUND: &str = "VersionNotFound";
-    pub const NO_MATCHING_VERSION: &str = "NoMatchingVersion";
-    pub const INVALID_SPEC: &str = "InvalidSpec";
+    use super::FailureReason as F;
+
+    // Failures ([`F`]), for `Degraded`, `Ready` and `status.lastFailure`.
+    pub const IMAGE_PULL_FAILED: &str = F::ImagePullFailed.as_str();
+    pub const CRASH_LOOP: &str = F::CrashLoop.as_str();
+    pub const CONTAINER_CONFIG_ERROR: &str = F::ContainerConfigError.as_str();
+    pub const PROGRESS_DEADLINE_EXCEEDED: &str = F::ProgressDeadlineExceeded.as_str();
+    pub const CONTAINER_RESTARTED: &str = F::ContainerRestarted.as_str();
+    pub const POD_UNREADY: &str = F::PodUnready.as_str();
+    pub const FAILURE_REPORTED: &str = F::FailureReported.as_str();
+    pub const UNSUPPORTED_EXECUTION: &str = F::UnsupportedExecution.as_str();
+    pub const PLUGIN_NOT_FOUND: &str = F::PluginNotFound.as_str();
+    pub const PLUGIN_NOT_INSTALLABLE: &str = F::PluginNotInstallable.as_str();
+    pub const VERSION_NOT_FOUND: &str = F::VersionNotFound.as_str();
+    pub const NO_MATCHING_VERSION: &str = F::NoMatchingVersion.as_str();
+    pub const INVALID_SPEC: &str = F::InvalidSpec.as_str();
     pub const HEALTHY: &str = "Healthy";
 
     // `Progressing`.
@@ -51,8 +53,8 @@ pub mod reason {
 
     // `ConfigValid`.
     pub const CONFIG_VALID: &str = "ConfigValid";
-    pub const CONFIG_INVALID: &str = "ConfigInvalid";
-    pub const SECRET_NOT_FOUND: &str = "SecretNotFound";
+    pub const CONFIG_INVALID: &str = F::ConfigInvalid.as_str();
+    pub const SECRET_NOT_FOUND: &str = F::SecretNotFound.as_str();
 
     // `UpgradeAvailable`.
     pub const NEWER_VERSION: &str = "NewerVersion";
@@ -64,6 +66,111 @@ pub mod reason {
     pub const DUPLICATE_VERSION: &str = "DuplicateVersion";
     pub const INVALID_CONFIG_SCHEMA: &str = "InvalidConfigSchema";
     pub const SPEC_CHANGED: &str = "SpecChanged";
+}
+
+/// Why an install failed: the reason of `status.lastFailure`, of `Degraded` and of a failed
+/// `Ready`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum FailureReason {
+    // The plugin failed at run time.
+    ImagePullFailed,
+    CrashLoop,
+    ContainerConfigError,
+    ProgressDeadlineExceeded,
+    ContainerRestarted,
+    PodUnready,
+    FailureReported,
+    // What the spec names is wrong or missing.
+    InvalidSpec,
+    PluginNotFound,
+    PluginNotInstallable,
+    VersionNotFound,
+    NoMatchingVersion,
+    UnsupportedExecution,
+    ConfigInvalid,
+    SecretNotFound,
+}
+
+/// Where a failure comes from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum FailureOrigin {
+    /// What the spec names (a Plugin, a version, a config, a Secret) is wrong or missing: a
+    /// change of the spec, or of what it names, ends it.
+    Input,
+    /// The plugin failed at run time.
+    Runtime,
+}
+
+impl FailureReason {
+    pub const ALL: [Self; 15] = [
+        Self::ImagePullFailed,
+        Self::CrashLoop,
+        Self::ContainerConfigError,
+        Self::ProgressDeadlineExceeded,
+        Self::ContainerRestarted,
+        Self::PodUnready,
+        Self::FailureReported,
+        Self::InvalidSpec,
+        Self::PluginNotFound,
+        Self::PluginNotInstallable,
+        Self::VersionNotFound,
+        Self::NoMatchingVersion,
+        Self::UnsupportedExecution,
+        Self::ConfigInvalid,
+        Self::SecretNotFound,
+    ];
+
+    /// As written in status (CamelCase, as `metav1.Condition` requires).
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Self::ImagePullFailed => "ImagePullFailed",
+            Self::CrashLoop => "CrashLoop",
+            Self::ContainerConfigError => "ContainerConfigError",
+            Self::ProgressDeadlineExceeded => "ProgressDeadlineExceeded",
+            Self::ContainerRestarted => "ContainerRestarted",
+            Self::PodUnready => "PodUnready",
+            Self::FailureReported => "FailureReported",
+            Self::InvalidSpec => "InvalidSpec",
+            Self::PluginNotFound => "PluginNotFound",
+            Self::PluginNotInstallable => "PluginNotInstallable",
+            Self::VersionNotFound => "VersionNotFound",
+            Self::NoMatchingVersion => "NoMatchingVersion",
+            Self::UnsupportedExecution => "UnsupportedExecution",
+            Self::ConfigInvalid => "ConfigInvalid",
+            Self::SecretNotFound => "SecretNotFound",
+        }
+    }
+
+    /// Reads a reason as written in status; `None` for any other text.
+    pub fn parse(text: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|r| r.as_str() == text)
+    }
+
+    pub const fn origin(self) -> FailureOrigin {
+        match self {
+            Self::ImagePullFailed
+            | Self::CrashLoop
+            | Self::ContainerConfigError
+            | Self::ProgressDeadlineExceeded
+            | Self::ContainerRestarted
+            | Self::PodUnready
+            | Self::FailureReported => FailureOrigin::Runtime,
+            Self::InvalidSpec
+            | Self::PluginNotFound
+            | Self::PluginNotInstallable
+            | Self::VersionNotFound
+            | Self::NoMatchingVersion
+            | Self::UnsupportedExecution
+            | Self::ConfigInvalid
+            | Self::SecretNotFound => FailureOrigin::Input,
+        }
+    }
+}
+
+impl std::fmt::Display for FailureReason {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
 }
 
 /// `True`, `False` or `Unknown`.
@@ -82,6 +189,22 @@ impl ConditionStatus {
             Self::False => "False",
             Self::Unknown => "Unknown",
         }
+    }
+}
+
+impl ConditionStatus {
+    /// Reads a status as written (`True`, `False`; anything else is `Unknown`).
+    pub fn parse(status: &str) -> Self {
+        match status {
+            "True" => Self::True,
+            "False" => Self::False,
+            _ => Self::Unknown,
+        }
+    }
+
+    /// The status of a condition.
+    pub fn of(condition: &Condition) -> Self {
+        Self::parse(&condition.status)
     }
 }
 
@@ -173,7 +296,8 @@ pub fn find_condition<'a>(conditions: &'a [Condition], type_: &str) -> Option<&'
 
 /// Whether the condition of type `type_` is `True`.
 pub fn is_condition_true(conditions: &[Condition], type_: &str) -> bool {
-    find_condition(conditions, type_).is_some_and(|c| c.status == ConditionStatus::True.as_str())
+    find_condition(conditions, type_)
+        .is_some_and(|c| ConditionStatus::of(c) == ConditionStatus::True)
 }
 
 /// Removes the condition of type `type_`. Returns whether there was one.
@@ -194,6 +318,26 @@ mod tests {
 
     fn ready(status: bool, reason: &str, message: &str) -> NewCondition {
         NewCondition::new(READY, status, reason, message).observed_generation(Some(1))
+    }
+
+    #[test]
+    fn failure_reasons_read_back_and_know_their_origin() {
+        for reason in FailureReason::ALL {
+            assert_eq!(FailureReason::parse(reason.as_str()), Some(reason));
+        }
+        assert_eq!(FailureReason::parse("Healthy"), None);
+        assert_eq!(
+            FailureReason::parse("SecretNotFound").map(FailureReason::origin),
+            Some(FailureOrigin::Input)
+        );
+        assert_eq!(FailureReason::CrashLoop.origin(), FailureOrigin::Runtime);
+    }
+
+    #[test]
+    fn statuses_are_read_typed() {
+        assert_eq!(ConditionStatus::parse("True"), ConditionStatus::True);
+        assert_eq!(ConditionStatus::parse("False"), ConditionStatus::False);
+        assert_eq!(ConditionStatus::parse("maybe"), ConditionStatus::Unknown);
     }
 
     #[test]

@@ -21,6 +21,7 @@
 #[cfg(test)]
 mod cel_tests;
 pub mod conditions;
+pub mod names;
 pub mod plugin;
 pub mod plugin_install;
 pub mod plugin_job;
@@ -32,7 +33,7 @@ pub mod version_range;
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use kube::CustomResourceExt;
 
-pub use conditions::{ConditionStatus, NewCondition, set_condition};
+pub use conditions::{ConditionStatus, FailureOrigin, FailureReason, NewCondition, set_condition};
 pub use plugin::{
     ConnectionMode, Plugin, PluginAttribution, PluginConnection, PluginSpec, PluginStatus,
 };

@@ -443,7 +443,44 @@ pub enum RolloutOutcome {
     Superseded,
 }
 
+/// The versions of a status, read. The operator writes them from parsed versions, so they read
+/// back; a hand-edited one that is not semver reads as none.
+fn parse_version(text: &str) -> Option<semver::Version> {
+    semver::Version::parse(text).ok()
+}
+
+impl PluginInstallSpec {
+    /// `approvedVersion`, read (validation refuses one that is not semver).
+    pub fn approved(&self) -> Option<semver::Version> {
+        self.approved_version.as_deref().and_then(parse_version)
+    }
+}
+
 impl PluginInstallStatus {
+    /// `version`: the running version, the last one that became Active.
+    pub fn running(&self) -> Option<semver::Version> {
+        self.version.as_deref().and_then(parse_version)
+    }
+
+    /// `targetVersion`: the version being rolled out.
+    pub fn rolling_out(&self) -> Option<semver::Version> {
+        self.target_version.as_deref().and_then(parse_version)
+    }
+
+    /// `failedVersions`, read.
+    pub fn failed(&self) -> Vec<semver::Version> {
+        self.failed_versions
+            .iter()
+            .filter_map(|v| parse_version(v))
+            .collect()
+    }
+
+    /// Forgets that `version` failed (the spec names it anew).
+    pub fn forget_failed(&mut self, version: &semver::Version) {
+        self.failed_versions
+            .retain(|v| parse_version(v).as_ref() != Some(version));
+    }
+
     /// Appends a history entry, keeping the last [`HISTORY_LIMIT`].
     pub fn push_history(&mut self, entry: HistoryEntry) {
         self.history.push(entry);

@@ -205,4 +205,10 @@ impl PluginVersionSpec {
     pub fn is_formal(&self) -> bool {
         self.attribution == VersionAttribution::Formal
     }
+
+    /// The version's number, or `None` when `version` is not semver (such a version is refused
+    /// by its controller and never runs).
+    pub fn number(&self) -> Option<semver::Version> {
+        semver::Version::parse(&self.version).ok()
+    }
 }

@@ -232,6 +232,8 @@ pub fn validate_install(spec: &PluginInstallSpec) -> Result<(), Vec<FieldError>>
 /// Fingerprint of a PluginVersion spec: hex SHA-256 of its JSON with object keys sorted. Equal
 /// specs have equal hashes whatever the key order they were written in.
 pub fn spec_hash(spec: &PluginVersionSpec) -> String {
+    // A spec of strings, numbers, string-keyed maps and JSON values always serializes; the
+    // fallback never hashes.
     let value = serde_json::to_value(spec).unwrap_or(Value::Null);
     let mut canonical = String::new();
     write_canonical(&value, &mut canonical);

@@ -19,8 +19,7 @@ use kube::{
 };
 use serde::de::DeserializeOwned;
 
-use crate::reconcile::build::labels;
-use crate::resources::{Plugin, PluginInstall, PluginVersion};
+use crate::resources::{Plugin, PluginInstall, PluginVersion, names};
 
 /// How often [`Caches::ready`] looks at the stores again.
 const READY_POLL: std::time::Duration = std::time::Duration::from_millis(100);
@@ -148,11 +147,7 @@ impl Caches {
     /// Starts nothing by itself: returns the caches, their change feeds and the drivers to
     /// spawn (subscribe to the feeds before spawning them, to see the first lists too).
     pub fn new(client: &Client, scope: &Scope) -> (Self, Feeds, Drivers) {
-        let owned = watcher::Config::default().labels(&format!(
-            "{}={}",
-            labels::MANAGED_BY,
-            labels::MANAGED_BY_VALUE
-        ));
+        let owned = watcher::Config::default().labels(&names::managed_selector());
         let mut drivers: Drivers = Vec::new();
 
         let (installs, install_feed) =
@@ -323,6 +318,8 @@ impl<K: Resource> Recent<K> {
 
     /// The newest known version of `cached`.
     pub fn fresh(&self, cached: Arc<K>) -> Arc<K> {
+        // Poisoned only if a holder panicked; then the cache's version is the safe answer (the
+        // status write that follows checks it against the API server's).
         let Ok(mut written) = self.written.lock() else {
             return cached;
         };

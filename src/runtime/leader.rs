@@ -7,7 +7,7 @@ use kube_lease_manager::{LeaseManager, LeaseManagerBuilder};
 use tokio::{sync::watch, task::JoinHandle};
 use tokio_stream::wrappers::WatchStream;
 
-use crate::reconcile::build::FIELD_MANAGER;
+use crate::resources::names::FIELD_MANAGER;
 
 /// Name of the Lease the replicas compete for.
 pub const LEASE_NAME: &str = "plugin-operator-leader";

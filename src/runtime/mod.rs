@@ -1,7 +1,12 @@
-//! What the controllers and the HTTP API share at run time: the watch caches, leader election,
-//! the admin server, metrics and telemetry.
+//! What the controllers and the HTTP API share at run time: the watch caches and their lookups,
+//! API calls with a timeout ([`call`]), the clock, random secrets, leader election, the admin
+//! server, metrics and telemetry. Uses only `resources` and `lifecycle`.
 pub mod admin;
 pub mod cache;
+pub mod call;
+pub mod clock;
 pub mod leader;
+mod lookup;
 pub mod metrics;
+pub mod random;
 pub mod telemetry;

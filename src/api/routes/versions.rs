@@ -1,14 +1,10 @@
-//! Seed 004 (a pipeline service's extension catalogue): the details of one version of a plugin.
+//! Answers seed 004 (a pipeline service's extension catalogue): the details of one version of a plugin.
 //! `domain_id` is the namespace; a plugin not found there is looked up in the catalog namespace.
 //!
 //! Errors: `{error_msg, error_code}`.
 use std::{collections::BTreeMap, sync::Arc};
 
-use axum::{
-    Json,
-    extract::State,
-    response::{IntoResponse, Response},
-};
+use axum::{Json, extract::State};
 use kube::{Resource, ResourceExt};
 use semver::Version;
 use serde::Serialize;
@@ -16,17 +12,17 @@ use serde_json::{Map, Value};
 use sha2::{Digest, Sha256};
 use utoipa::{IntoParams, ToSchema};
 
-use super::{
+use crate::api::{
     ApiState,
     backend::Access,
-    error::{self, ApiError, SeedError},
+    error::{self, ApiError, ErrorShape, SeedError},
     extract::{Authenticated, SeedPath, SeedQuery},
     is_namespace_name,
 };
 use crate::{
     resources::{
-        Composition, ExecutionType, Plugin, PluginAttribution, PluginVersion, VersionAttribution,
-        conditions,
+        Composition, ConditionStatus, ExecutionType, Plugin, PluginAttribution, PluginVersion,
+        VersionAttribution, conditions,
     },
     runtime::cache,
 };
@@ -40,22 +36,13 @@ pub struct ErrorBody {
     pub error_code: &'static str,
 }
 
-/// An error of the seed 004 route.
-pub struct Seed004Error(pub ApiError);
+/// Seed 004's error shape. Its callers may send their token in `X-Auth-Token`.
+pub struct Errors;
 
-impl From<ApiError> for Seed004Error {
-    fn from(err: ApiError) -> Self {
-        Self(err)
-    }
-}
-
-impl SeedError for Seed004Error {
+impl ErrorShape for Errors {
     const X_AUTH_TOKEN: bool = true;
-}
 
-impl IntoResponse for Seed004Error {
-    fn into_response(self) -> Response {
-        let err = &self.0;
+    fn body(err: &ApiError) -> impl Serialize {
         let error_code = match err {
             ApiError::Invalid(_) => "PLUGIN.INVALID_PARAMETER",
             ApiError::Unauthenticated(_) => "PLUGIN.UNAUTHORIZED",
@@ -66,21 +53,10 @@ impl IntoResponse for Seed004Error {
             ApiError::Unavailable { .. } => "PLUGIN.UNAVAILABLE",
             ApiError::Internal(_) => "PLUGIN.INTERNAL_ERROR",
         };
-        let error_msg = match err {
-            ApiError::Invalid(issues) => issues
-                .iter()
-                .map(ToString::to_string)
-                .collect::<Vec<_>>()
-                .join("; "),
-            other => other.to_string(),
-        };
-        error::respond(
-            err,
-            ErrorBody {
-                error_msg,
-                error_code,
-            },
-        )
+        ErrorBody {
+            error_msg: err.message(),
+            error_code,
+        }
     }
 }
 
@@ -121,6 +97,7 @@ pub fn parse_version(text: &str) -> Result<Version, String> {
             "{text:?} is not a version of the form x.xx.xx (each part one or two digits)"
         ));
     }
+    // One or two ASCII digits, checked above: they always parse.
     let number = |p: &str| p.parse::<u64>().unwrap_or_default();
     Ok(Version::new(
         number(parts[0]),
@@ -411,6 +388,7 @@ pub fn detail(plugin: &Plugin, version: &PluginVersion, workspace: &str) -> Plug
             &spec.version,
             workspace,
         ),
+        // A struct of strings always serializes: `{}` stands only for "no execution".
         plugin_execution: execution
             .and_then(|e| serde_json::to_value(e).ok())
             .unwrap_or_else(|| Value::Object(Map::new())),
@@ -424,7 +402,10 @@ fn refused(version: &PluginVersion) -> bool {
         .status
         .as_ref()
         .and_then(|s| conditions::find_condition(&s.conditions, conditions::ACCEPTED))
-        .is_some_and(|c| c.status == "False" && c.observed_generation == version.meta().generation)
+        .is_some_and(|c| {
+            ConditionStatus::of(c) == ConditionStatus::False
+                && c.observed_generation == version.meta().generation
+        })
 }
 
 /// The version asked for, or the newest formal one the operator did not refuse.
@@ -434,7 +415,7 @@ fn pick_version(
 ) -> Option<Arc<PluginVersion>> {
     let parsed = versions
         .iter()
-        .filter_map(|v| Version::parse(&v.spec.version).ok().map(|n| (n, v)));
+        .filter_map(|v| v.spec.number().map(|n| (n, v)));
     match wanted {
         Some(wanted) => parsed
             .filter(|(n, _)| n.cmp_precedence(wanted).is_eq())
@@ -466,10 +447,10 @@ fn pick_version(
 )]
 pub async fn detail_route(
     State(state): State<ApiState>,
-    auth: Authenticated<Seed004Error>,
-    path: SeedPath<String, Seed004Error>,
-    query: SeedQuery<Seed004Error>,
-) -> Result<Json<PluginDetail>, Seed004Error> {
+    auth: Authenticated<Errors>,
+    path: SeedPath<String, Errors>,
+    query: SeedQuery<Errors>,
+) -> Result<Json<PluginDetail>, SeedError<Errors>> {
     let domain = path.value;
     let params: &BTreeMap<String, String> = &query.params;
     let mut issues = Vec::new();
@@ -525,11 +506,7 @@ pub async fn detail_route(
             .into());
         }
     };
-    let versions = crate::reconcile::install::plugin_versions(
-        state.caches(),
-        &plugin.namespace().unwrap_or_default(),
-        &plugin.name_any(),
-    );
+    let versions = state.caches().versions_of_plugin(&plugin);
     let version = pick_version(&versions, wanted.as_ref()).ok_or_else(|| match &wanted {
         Some(v) => ApiError::NotFound(format!("plugin {name:?} has no version {v}")),
         None => ApiError::NotFound(format!("plugin {name:?} has no formal version")),

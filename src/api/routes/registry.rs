@@ -1,14 +1,10 @@
-//! Seed 001 (a plugin registry per account): list and register the Plugins of a namespace
+//! Answers seed 001 (a plugin registry per account): list and register the Plugins of a namespace
 //! (`account_id`), get and delete one by id (the Plugin's `metadata.uid`).
 //!
 //! Errors: 400 `{code, errors: [...]}` listing every issue, else `{code, error}`.
 use std::sync::Arc;
 
-use axum::{
-    Json,
-    extract::State,
-    response::{IntoResponse, Response},
-};
+use axum::{Json, extract::State};
 use kube::{
     Api, Resource, ResourceExt,
     api::{DeleteParams, ObjectMeta, PostParams, Preconditions},
@@ -16,17 +12,18 @@ use kube::{
 use serde::Serialize;
 use utoipa::ToSchema;
 
-use super::{
+use crate::api::{
     ApiState,
     backend::Access,
-    error::{self, ApiError, SeedError},
+    error::{ApiError, ErrorShape, SeedError},
     extract::{Authenticated, Fields, FromJson, JsonBody, SeedPath},
     is_namespace_name,
 };
 use crate::{
-    reconcile::{build::FIELD_MANAGER, with_timeout},
+    resources::names::FIELD_MANAGER,
     resources::{Plugin, PluginSpec},
     runtime::cache,
+    runtime::call::with_timeout,
 };
 
 /// Annotations that keep what the seed registers and a Plugin has no field for.
@@ -60,29 +57,24 @@ pub struct ErrorBody {
     pub error: String,
 }
 
-/// An error of a seed 001 route.
-pub struct Seed001Error(pub ApiError);
+/// Seed 001's error shape: a 400 lists every issue, any other error says what went wrong.
+pub struct Errors;
 
-impl From<ApiError> for Seed001Error {
-    fn from(err: ApiError) -> Self {
-        Self(err)
-    }
+#[derive(Serialize)]
+#[serde(untagged)]
+enum Body {
+    Invalid(InvalidBody),
+    Other(ErrorBody),
 }
 
-impl SeedError for Seed001Error {}
-
-impl IntoResponse for Seed001Error {
-    fn into_response(self) -> Response {
-        let err = &self.0;
+impl ErrorShape for Errors {
+    fn body(err: &ApiError) -> impl Serialize {
         let code = match err {
             ApiError::Invalid(issues) => {
-                return error::respond(
-                    err,
-                    InvalidBody {
-                        code: "BAD_REQUEST",
-                        errors: issues.iter().map(ToString::to_string).collect(),
-                    },
-                );
+                return Body::Invalid(InvalidBody {
+                    code: "BAD_REQUEST",
+                    errors: issues.iter().map(ToString::to_string).collect(),
+                });
             }
             ApiError::Unauthenticated(_) => "UNAUTHORIZED",
             ApiError::Forbidden(_) => "FORBIDDEN",
@@ -92,17 +84,14 @@ impl IntoResponse for Seed001Error {
             ApiError::Unavailable { .. } => "UNAVAILABLE",
             ApiError::Internal(_) => "INTERNAL_ERROR",
         };
-        error::respond(
-            err,
-            ErrorBody {
-                code,
-                error: err.to_string(),
-            },
-        )
+        Body::Other(ErrorBody {
+            code,
+            error: err.to_string(),
+        })
     }
 }
 
-type Result<T> = std::result::Result<T, Seed001Error>;
+type Result<T> = std::result::Result<T, SeedError<Errors>>;
 
 /// A registered plugin.
 #[derive(Debug, Serialize, ToSchema, PartialEq)]
@@ -280,8 +269,8 @@ fn check_account(account: &str) -> std::result::Result<(), ApiError> {
 )]
 pub async fn list_plugins(
     State(state): State<ApiState>,
-    auth: Authenticated<Seed001Error>,
-    path: SeedPath<String, Seed001Error>,
+    auth: Authenticated<Errors>,
+    path: SeedPath<String, Errors>,
 ) -> Result<Json<PluginList>> {
     let account = path.value;
     check_account(&account)?;
@@ -318,9 +307,9 @@ pub async fn list_plugins(
 )]
 pub async fn register_plugin(
     State(state): State<ApiState>,
-    auth: Authenticated<Seed001Error>,
-    path: SeedPath<String, Seed001Error>,
-    body: JsonBody<RegisterPlugin, Seed001Error>,
+    auth: Authenticated<Errors>,
+    path: SeedPath<String, Errors>,
+    body: JsonBody<RegisterPlugin, Errors>,
 ) -> Result<Json<PluginDto>> {
     let account = path.value;
     check_account(&account)?;
@@ -384,11 +373,11 @@ pub async fn register_plugin(
 /// A plugin by id, after checking the caller may `verb` it.
 async fn find(
     state: &ApiState,
-    caller: &super::auth::Caller,
+    caller: &crate::api::auth::Caller,
     id: &str,
     verb: &'static str,
 ) -> std::result::Result<Arc<Plugin>, ApiError> {
-    if !super::is_uid(id) {
+    if !crate::api::is_uid(id) {
         return Err(ApiError::invalid(
             "plugin_id",
             format!("{id:?} is not a plugin id (a UUID)"),
@@ -426,8 +415,8 @@ async fn find(
 )]
 pub async fn get_plugin(
     State(state): State<ApiState>,
-    auth: Authenticated<Seed001Error>,
-    path: SeedPath<String, Seed001Error>,
+    auth: Authenticated<Errors>,
+    path: SeedPath<String, Errors>,
 ) -> Result<Json<PluginDto>> {
     let plugin = find(&state, &auth.caller, &path.value, "get").await?;
     Ok(Json(PluginDto::from_plugin(&plugin)))
@@ -448,8 +437,8 @@ pub async fn get_plugin(
 )]
 pub async fn delete_plugin(
     State(state): State<ApiState>,
-    auth: Authenticated<Seed001Error>,
-    path: SeedPath<String, Seed001Error>,
+    auth: Authenticated<Errors>,
+    path: SeedPath<String, Errors>,
 ) -> Result<Json<PluginDto>> {
     let plugin = find(&state, &auth.caller, &path.value, "delete").await?;
     let api: Api<Plugin> = Api::namespaced(
@@ -478,6 +467,7 @@ pub async fn delete_plugin(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use axum::response::IntoResponse;
     use serde_json::{Value, json};
 
     fn parse(value: Value) -> std::result::Result<RegisterPlugin, Vec<String>> {
@@ -555,12 +545,14 @@ mod tests {
 
     #[test]
     fn errors_have_the_seed_shapes() {
-        let response = Seed001Error(ApiError::Invalid(vec![crate::api::error::Issue::new(
-            "name", "required",
-        )]))
-        .into_response();
+        let response =
+            SeedError::<Errors>::new(ApiError::Invalid(vec![crate::api::error::Issue::new(
+                "name", "required",
+            )]))
+            .into_response();
         assert_eq!(response.status().as_u16(), 400);
-        let response = Seed001Error(ApiError::LimitExceeded("quota".into())).into_response();
+        let response =
+            SeedError::<Errors>::new(ApiError::LimitExceeded("quota".into())).into_response();
         assert_eq!(response.status().as_u16(), 422);
     }
 }

@@ -1,4 +1,5 @@
-//! `POST /a/auth/v0/token`: OAuth 2 client credentials (RFC 6749 §4.4) and refresh (§6).
+//! Answers seed 003: `POST /a/auth/v0/token`, plugin-scoped tokens by OAuth 2 client credentials
+//! (RFC 6749 §4.4) and refresh (§6).
 use std::collections::BTreeMap;
 
 use axum::{
@@ -19,13 +20,18 @@ use utoipa::ToSchema;
 use super::{AUDIENCE, Settings};
 use crate::{
     api::{ApiState, error::ApiError},
-    reconcile::{
-        build::{self, credentials},
-        install::{ensure_credentials, random_secret},
-        with_timeout,
+    resources::{
+        PluginInstall,
+        names::{self, FIELD_MANAGER, credentials},
     },
-    resources::PluginInstall,
+    runtime::{
+        call::{CallError, with_timeout},
+        random,
+    },
 };
+
+/// Seconds a client waits before asking again while its credentials are being made.
+pub const RETRY_AFTER_SECONDS: u32 = 5;
 
 /// The scopes a plugin may ask for.
 pub const SCOPE_PLUGIN: &str = "plugin";
@@ -74,6 +80,9 @@ pub struct OAuthError {
     pub error_description: String,
     #[serde(skip)]
     pub status: u16,
+    /// A 503's `Retry-After`, in seconds.
+    #[serde(skip)]
+    pub retry_after: Option<u32>,
 }
 
 impl OAuthError {
@@ -82,7 +91,18 @@ impl OAuthError {
             error,
             error_description: description.into(),
             status,
+            retry_after: None,
         }
+    }
+    /// 503 `temporarily_unavailable`, to be asked again after `retry_after` seconds.
+    fn unavailable(description: impl Into<String>, retry_after: u32) -> Self {
+        Self {
+            retry_after: Some(retry_after),
+            ..Self::new(503, "temporarily_unavailable", description)
+        }
+    }
+    fn server_error(d: impl Into<String>) -> Self {
+        Self::new(500, "server_error", d)
     }
     fn invalid_request(d: impl Into<String>) -> Self {
         Self::new(400, "invalid_request", d)
@@ -95,12 +115,14 @@ impl OAuthError {
     }
     fn from_api(what: &str, err: &ApiError) -> Self {
         match err {
-            ApiError::Unavailable { .. } | ApiError::NotFound(_) => Self::new(
-                503,
-                "temporarily_unavailable",
+            ApiError::Unavailable { retry_after, .. } => {
+                Self::unavailable(format!("{what}: {err}; try again shortly"), *retry_after)
+            }
+            ApiError::NotFound(_) => Self::unavailable(
                 format!("{what}: {err}; try again shortly"),
+                RETRY_AFTER_SECONDS,
             ),
-            _ => Self::new(500, "server_error", format!("{what}: {err}")),
+            _ => Self::server_error(format!("{what}: {err}")),
         }
     }
 }
@@ -109,9 +131,13 @@ impl IntoResponse for OAuthError {
     fn into_response(self) -> Response {
         let status = StatusCode::from_u16(self.status).unwrap_or(StatusCode::BAD_REQUEST);
         let unauthorized = status == StatusCode::UNAUTHORIZED;
+        let retry_after = self.retry_after;
         let mut response = (status, Json(self)).into_response();
         let headers = response.headers_mut();
         headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+        if let Some(seconds) = retry_after {
+            headers.insert(header::RETRY_AFTER, HeaderValue::from(seconds));
+        }
         if unauthorized {
             headers.insert(
                 header::WWW_AUTHENTICATE,
@@ -243,15 +269,26 @@ fn client_credentials(
     }
 }
 
-/// The live refresh-token hashes of a credentials Secret, expired ones left out.
-fn refresh_tokens(secret: &Secret, now: i64) -> BTreeMap<String, i64> {
-    let stored: BTreeMap<String, i64> = secret
+/// The live refresh-token hashes of a credentials Secret, expired ones left out (none before the
+/// first is issued). A record that does not read is an error, not an empty record: writing over
+/// it would revoke every token without a word.
+fn refresh_tokens(secret: &Secret, now: i64) -> Result<BTreeMap<String, i64>> {
+    let Some(stored) = secret
         .data
         .as_ref()
         .and_then(|d| d.get(credentials::REFRESH_TOKENS))
-        .and_then(|b| serde_json::from_slice(&b.0).ok())
-        .unwrap_or_default();
-    stored.into_iter().filter(|(_, exp)| *exp > now).collect()
+    else {
+        return Ok(BTreeMap::new());
+    };
+    let stored: BTreeMap<String, i64> = serde_json::from_slice(&stored.0).map_err(|err| {
+        OAuthError::server_error(format!(
+            "the credentials Secret's {} do not read ({err}); rotate the credentials \
+             (annotation {}) to start afresh",
+            credentials::REFRESH_TOKENS,
+            credentials::ROTATE_ANNOTATION
+        ))
+    })?;
+    Ok(stored.into_iter().filter(|(_, exp)| *exp > now).collect())
 }
 
 fn client_secret(secret: &Secret) -> Vec<u8> {
@@ -269,7 +306,8 @@ fn client_secret(secret: &Secret) -> Vec<u8> {
 /// `client_secret` in the body; or a refresh (`grant_type=refresh_token`, `refresh_token`, and
 /// the client credentials again). A refresh answers a new refresh token and revokes the old.
 /// Errors are OAuth 2's: 401 `invalid_client`, 400 `invalid_request`, `invalid_grant`,
-/// `unsupported_grant_type`, `invalid_scope`.
+/// `unsupported_grant_type`, `invalid_scope`; 503 `temporarily_unavailable` with `Retry-After`
+/// until the operator has created the install's credentials (or finished rotating them).
 #[utoipa::path(
     post,
     path = "/a/auth/v0/token",
@@ -308,10 +346,9 @@ async fn issue(
     body: Bytes,
 ) -> Result<TokenResponse> {
     if !state.is_ready() {
-        return Err(OAuthError::new(
-            503,
-            "temporarily_unavailable",
+        return Err(OAuthError::unavailable(
             "the operator's caches are not synced yet",
+            1,
         ));
     }
     let params = parameters(headers, body).await?;
@@ -355,7 +392,14 @@ async fn issue(
     }
 
     let now = state.now().as_second();
-    let new_refresh = refresh.then(random_secret);
+    let new_refresh = if refresh {
+        let secret = random::secret().map_err(|err| {
+            OAuthError::server_error(format!("no random refresh token can be made: {err}"))
+        })?;
+        Some(secret)
+    } else {
+        None
+    };
     if refresh_token.is_some() || new_refresh.is_some() {
         store_refresh_token(
             state,
@@ -383,29 +427,38 @@ async fn issue(
     })
 }
 
-/// The install's credentials Secret (rotated first if its annotation asks).
+/// The install's credentials Secret as the controller made it. Only the controller creates and
+/// rotates it: until it has created it, and while a rotation the install asks for is not done
+/// yet, the answer is 503 with `Retry-After`.
 async fn credentials_of(state: &ApiState, install: &PluginInstall) -> Result<Secret> {
-    let failed = |e: crate::reconcile::Error| {
+    let api: Api<Secret> = Api::namespaced(
+        state.client().clone(),
+        &install.namespace().unwrap_or_default(),
+    );
+    let name = names::credentials_secret_name(&install.name_any());
+    let secret = with_timeout(api.get_opt(&name)).await.map_err(|e| {
         OAuthError::from_api(
             "reading the credentials",
             &ApiError::from_kube("Secret", &e),
         )
+    })?;
+    let Some(secret) = secret else {
+        return Err(OAuthError::unavailable(
+            "the install's credentials are not created yet; try again shortly",
+            RETRY_AFTER_SECONDS,
+        ));
     };
-    match state.plugin_of(install) {
-        Some(plugin) => ensure_credentials(state.client(), install, &plugin.name_any())
-            .await
-            .map_err(failed),
-        None => {
-            let api: Api<Secret> = Api::namespaced(
-                state.client().clone(),
-                &install.namespace().unwrap_or_default(),
-            );
-            with_timeout(api.get_opt(&build::credentials_secret_name(&install.name_any())))
-                .await
-                .map_err(failed)?
-                .ok_or_else(|| OAuthError::invalid_client("unknown client or wrong secret"))
-        }
+    let made_for = secret
+        .annotations()
+        .get(credentials::ROTATION_ANNOTATION)
+        .map_or("", String::as_str);
+    if made_for != names::credentials_rotation(install) {
+        return Err(OAuthError::unavailable(
+            "the install's credentials are being rotated; try again shortly",
+            RETRY_AFTER_SECONDS,
+        ));
     }
+    Ok(secret)
 }
 
 /// Consumes `old` (a refresh; `invalid_grant` when unknown or expired) and records `new`,
@@ -422,8 +475,8 @@ async fn store_refresh_token(
         state.client().clone(),
         &install.namespace().unwrap_or_default(),
     );
-    let name = build::credentials_secret_name(&install.name_any());
-    let failed = |e: crate::reconcile::Error| {
+    let name = names::credentials_secret_name(&install.name_any());
+    let failed = |e: CallError| {
         OAuthError::from_api(
             "storing the refresh token",
             &ApiError::from_kube("Secret", &e),
@@ -431,7 +484,7 @@ async fn store_refresh_token(
     };
     for _ in 0..5 {
         let now = state.now().as_second();
-        let mut tokens = refresh_tokens(&secret, now);
+        let mut tokens = refresh_tokens(&secret, now)?;
         if let Some(old) = old
             && tokens.remove(&refresh_token_hash(old)).is_none()
         {
@@ -442,27 +495,28 @@ async fn store_refresh_token(
         if let Some(new) = new {
             tokens.insert(refresh_token_hash(new), expires);
         }
-        let encoded = serde_json::to_vec(&tokens).unwrap_or_default();
+        let encoded = serde_json::to_vec(&tokens).map_err(|err| {
+            OAuthError::server_error(format!("the refresh tokens cannot be written: {err}"))
+        })?;
         secret
             .data
             .get_or_insert_with(Default::default)
             .insert(credentials::REFRESH_TOKENS.to_owned(), ByteString(encoded));
         let params = PostParams {
-            field_manager: Some(build::FIELD_MANAGER.to_owned()),
+            field_manager: Some(FIELD_MANAGER.to_owned()),
             ..Default::default()
         };
         match with_timeout(api.replace(&name, &params, &secret)).await {
             Ok(_) => return Ok(()),
-            Err(crate::reconcile::Error::Kube(kube::Error::Api(status))) if status.code == 409 => {
+            Err(err) if err.is_conflict() => {
                 secret = with_timeout(api.get(&name)).await.map_err(failed)?;
             }
             Err(err) => return Err(failed(err)),
         }
     }
-    Err(OAuthError::new(
-        503,
-        "temporarily_unavailable",
+    Err(OAuthError::unavailable(
         "the credentials changed concurrently; try again",
+        1,
     ))
 }
 
@@ -553,8 +607,29 @@ mod tests {
             ..Default::default()
         };
         assert_eq!(
-            refresh_tokens(&secret, 20),
-            BTreeMap::from([("b".to_owned(), 30)])
+            refresh_tokens(&secret, 20).ok(),
+            Some(BTreeMap::from([("b".to_owned(), 30)]))
         );
+        assert_eq!(
+            refresh_tokens(&Secret::default(), 20).ok(),
+            Some(BTreeMap::new())
+        );
+        let unreadable = Secret {
+            data: Some(BTreeMap::from([(
+                credentials::REFRESH_TOKENS.to_owned(),
+                ByteString(b"not json".to_vec()),
+            )])),
+            ..Default::default()
+        };
+        let err = refresh_tokens(&unreadable, 20).expect_err("loud");
+        assert_eq!((err.status, err.error), (500, "server_error"));
+    }
+
+    #[test]
+    fn unavailable_answers_say_when_to_ask_again() {
+        let response = OAuthError::unavailable("not yet", 5).into_response();
+        assert_eq!(response.status(), StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(response.headers()[header::RETRY_AFTER], "5");
+        assert_eq!(response.headers()[header::CACHE_CONTROL], "no-store");
     }
 }

@@ -1,14 +1,10 @@
-//! Seed 002 (a plugin host's instance API): the installed plugins, their active state and
+//! Answers seed 002 (a plugin host's instance API): the installed plugins, their active state and
 //! their configuration. `id` is the PluginInstall's `metadata.uid`.
 //!
 //! Errors: `{error, message, suggested, metadata}`.
 use std::sync::Arc;
 
-use axum::{
-    Json,
-    extract::State,
-    response::{IntoResponse, Response},
-};
+use axum::{Json, extract::State};
 use kube::{
     Api, Resource, ResourceExt,
     api::{Patch, PatchParams},
@@ -17,17 +13,18 @@ use serde::Serialize;
 use serde_json::{Map, Value, json};
 use utoipa::{IntoParams, ToSchema};
 
-use super::{
+use crate::api::{
     ApiState,
     auth::Caller,
     backend::Access,
-    error::{self, ApiError, Issue, SeedError},
+    error::{ApiError, ErrorShape, Issue, SeedError},
     extract::{Authenticated, Fields, FromJson, JsonBody, SeedPath, SeedQuery},
 };
 use crate::{
-    reconcile::{build::FIELD_MANAGER, with_timeout},
+    resources::names::FIELD_MANAGER,
     resources::{ConnectionMode, Phase, PluginInstall, validate},
     runtime::cache,
+    runtime::call::with_timeout,
 };
 
 /// Seed 002's error body.
@@ -44,20 +41,11 @@ pub struct ErrorBody {
     pub metadata: Value,
 }
 
-/// An error of a seed 002 route.
-pub struct Seed002Error(pub ApiError);
+/// Seed 002's error shape: what went wrong, what to do about it, and details.
+pub struct Errors;
 
-impl From<ApiError> for Seed002Error {
-    fn from(err: ApiError) -> Self {
-        Self(err)
-    }
-}
-
-impl SeedError for Seed002Error {}
-
-impl IntoResponse for Seed002Error {
-    fn into_response(self) -> Response {
-        let err = &self.0;
+impl ErrorShape for Errors {
+    fn body(err: &ApiError) -> impl Serialize {
         let (code, suggested, metadata) = match err {
             ApiError::Invalid(issues) => (
                 "bad_request",
@@ -106,27 +94,16 @@ impl IntoResponse for Seed002Error {
                 json!({}),
             ),
         };
-        let message = match err {
-            ApiError::Invalid(issues) => issues
-                .iter()
-                .map(ToString::to_string)
-                .collect::<Vec<_>>()
-                .join("; "),
-            other => other.to_string(),
-        };
-        error::respond(
-            err,
-            ErrorBody {
-                error: code,
-                message,
-                suggested,
-                metadata,
-            },
-        )
+        ErrorBody {
+            error: code,
+            message: err.message(),
+            suggested,
+            metadata,
+        }
     }
 }
 
-type Result<T> = std::result::Result<T, Seed002Error>;
+type Result<T> = std::result::Result<T, SeedError<Errors>>;
 
 /// An installed plugin.
 #[derive(Debug, Serialize, ToSchema)]
@@ -167,9 +144,9 @@ impl PluginInstance {
     pub fn new(state: &ApiState, install: &PluginInstall) -> Self {
         let status = install.status.clone().unwrap_or_default();
         let plugin = state.plugin_of(install);
-        let manifest = match (&plugin, &status.version) {
+        let manifest = match (&plugin, status.running()) {
             (Some(plugin), Some(version)) => state
-                .version_of(plugin, version)
+                .version_of(plugin, &version)
                 .and_then(|v| v.spec.manifest.clone()),
             _ => None,
         };
@@ -238,13 +215,13 @@ pub struct ListQuery {
 )]
 pub async fn list_plugins(
     State(state): State<ApiState>,
-    auth: Authenticated<Seed002Error>,
-    query: SeedQuery<Seed002Error>,
+    auth: Authenticated<Errors>,
+    query: SeedQuery<Errors>,
 ) -> Result<Json<Vec<PluginInstance>>> {
     let caller = &auth.caller;
     let installs = match query.params.get("namespace").filter(|n| !n.is_empty()) {
         Some(namespace) => {
-            if !super::is_namespace_name(namespace) {
+            if !crate::api::is_namespace_name(namespace) {
                 return Err(ApiError::invalid(
                     "namespace",
                     format!("{namespace:?} is not a namespace name"),
@@ -307,7 +284,7 @@ async fn find_for_patch(
     caller: &Caller,
     id: &str,
 ) -> std::result::Result<Arc<PluginInstall>, ApiError> {
-    if !super::is_uid(id) {
+    if !crate::api::is_uid(id) {
         return Err(ApiError::invalid(
             "id",
             format!("{id:?} is not a plugin id (a UUID)"),
@@ -375,7 +352,7 @@ impl FromJson for SetActive {
                     "active",
                     format!(
                         "expected a string, got {}",
-                        super::extract::type_name(other)
+                        crate::api::extract::type_name(other)
                     ),
                 );
                 None
@@ -403,9 +380,9 @@ impl FromJson for SetActive {
 )]
 pub async fn set_active(
     State(state): State<ApiState>,
-    auth: Authenticated<Seed002Error>,
-    path: SeedPath<String, Seed002Error>,
-    body: JsonBody<SetActive, Seed002Error>,
+    auth: Authenticated<Errors>,
+    path: SeedPath<String, Errors>,
+    body: JsonBody<SetActive, Errors>,
 ) -> Result<Json<PluginInstance>> {
     let install = find_for_patch(&state, &auth.caller, &path.value).await?;
     if state
@@ -431,20 +408,15 @@ pub async fn set_active(
 fn config_schema(state: &ApiState, install: &PluginInstall) -> Option<Value> {
     let plugin = state.plugin_of(install)?;
     let status = install.status.clone().unwrap_or_default();
-    let named = status.target_version.or(status.version).or_else(|| {
+    let named = status.rolling_out().or(status.running()).or_else(|| {
         let selector = crate::resources::VersionSelector::parse(&install.spec.version).ok()?;
-        let versions = crate::reconcile::install::plugin_versions(
-            state.caches(),
-            &plugin.namespace().unwrap_or_default(),
-            &plugin.name_any(),
-        );
-        crate::reconcile::install::candidates(&versions)
+        let versions = state.caches().versions_of_plugin(&plugin);
+        crate::lifecycle::versions::candidates(&versions)
             .into_iter()
             .filter(|c| selector.matches(&c.version))
             .filter(|c| c.formal || selector.exact().is_some())
             .map(|c| c.version)
             .max()
-            .map(|v| v.to_string())
     })?;
     state
         .version_of(&plugin, &named)
@@ -547,9 +519,9 @@ impl FromJson for NewConfig {
 )]
 pub async fn set_config(
     State(state): State<ApiState>,
-    auth: Authenticated<Seed002Error>,
-    path: SeedPath<String, Seed002Error>,
-    body: JsonBody<NewConfig, Seed002Error>,
+    auth: Authenticated<Errors>,
+    path: SeedPath<String, Errors>,
+    body: JsonBody<NewConfig, Errors>,
 ) -> Result<Json<PluginInstance>> {
     let install = find_for_patch(&state, &auth.caller, &path.value).await?;
     let config = body.value.0;
@@ -567,6 +539,7 @@ pub async fn set_config(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use axum::response::IntoResponse;
 
     fn object(value: Value) -> Map<String, Value> {
         match value {
@@ -638,7 +611,8 @@ mod tests {
 
     #[test]
     fn errors_have_the_seed_shape() {
-        let response = Seed002Error(ApiError::invalid("active", "required")).into_response();
+        let response =
+            SeedError::<Errors>::new(ApiError::invalid("active", "required")).into_response();
         assert_eq!(response.status().as_u16(), 400);
         assert_eq!(pointer_to_field("/a/0/b~1c"), "a[0].b/c");
     }

@@ -1,16 +1,12 @@
-//! Seed 000 (a plugin manager's gRPC API over HTTP): where to reach a plugin, and reports of its
-//! failures. `plugin_id` is the Plugin's name, `domain_id` the namespace of the installs.
+//! Answers seed 000 (a plugin manager's gRPC API over HTTP): where to reach a plugin's installs
+//! (endpoints), and reports of their failures. `plugin_id` is the Plugin's name, `domain_id` the namespace of the installs.
 //!
 //! Errors: `{code, message, field?}` with SpaceONE-style codes (`ERROR_REQUIRED_PARAMETER`,
 //! `ERROR_INVALID_ARGUMENT`, `ERROR_AUTHENTICATE_FAILURE`, `ERROR_PERMISSION_DENIED`,
 //! `ERROR_NOT_FOUND`, `ERROR_PLUGIN_NOT_READY`, …); the seed defines no error body of its own.
 use std::{collections::BTreeMap, sync::Arc, time::Duration};
 
-use axum::{
-    Json,
-    extract::State,
-    response::{IntoResponse, Response},
-};
+use axum::{Json, extract::State};
 use k8s_openapi::jiff::{SignedDuration, Timestamp};
 use kube::{
     Api, Resource, ResourceExt,
@@ -22,17 +18,20 @@ use serde::Serialize;
 use serde_json::{Value, json};
 use utoipa::ToSchema;
 
-use super::{
+use crate::api::{
     ApiState,
     backend::{Access, Backend, IssuedToken},
-    error::{self, ApiError, SeedError},
+    error::{ApiError, ErrorShape, SeedError},
     extract::{Authenticated, Fields, FromJson, JsonBody, SeedPath},
     is_namespace_name,
 };
 use crate::{
-    reconcile::{build::FIELD_MANAGER, install::REPORTED_FAILURE_ANNOTATION, with_timeout},
-    resources::{Phase, PluginInstall, UpgradeMode, VersionSelector},
-    runtime::cache,
+    lifecycle::access,
+    resources::{
+        Phase, PluginInstall, UpgradeMode, VersionSelector,
+        names::{FIELD_MANAGER, annotations},
+    },
+    runtime::{cache, call::with_timeout},
 };
 
 /// Lifetime of a plugin access token (the API server's minimum for TokenRequest).
@@ -59,20 +58,11 @@ pub struct ErrorBody {
     pub field: Option<String>,
 }
 
-/// An error of a seed 000 route.
-pub struct Seed000Error(pub ApiError);
+/// Seed 000's error shape.
+pub struct Errors;
 
-impl From<ApiError> for Seed000Error {
-    fn from(err: ApiError) -> Self {
-        Self(err)
-    }
-}
-
-impl SeedError for Seed000Error {}
-
-impl IntoResponse for Seed000Error {
-    fn into_response(self) -> Response {
-        let err = &self.0;
+impl ErrorShape for Errors {
+    fn body(err: &ApiError) -> impl Serialize {
         let code = match err {
             ApiError::Invalid(issues)
                 if issues.iter().all(|i| i.message.starts_with("required")) =>
@@ -88,26 +78,15 @@ impl IntoResponse for Seed000Error {
             ApiError::Unavailable { .. } => "ERROR_PLUGIN_NOT_READY",
             ApiError::Internal(_) => "ERROR_INTERNAL",
         };
-        let message = match err {
-            ApiError::Invalid(issues) => issues
-                .iter()
-                .map(ToString::to_string)
-                .collect::<Vec<_>>()
-                .join("; "),
-            other => other.to_string(),
-        };
-        error::respond(
-            err,
-            ErrorBody {
-                code,
-                message,
-                field: err.field().map(str::to_owned),
-            },
-        )
+        ErrorBody {
+            code,
+            message: err.message(),
+            field: err.field().map(str::to_owned),
+        }
     }
 }
 
-type Result<T> = std::result::Result<T, Seed000Error>;
+type Result<T> = std::result::Result<T, SeedError<Errors>>;
 
 /// `PluginEndpointRequest`.
 #[derive(Debug, ToSchema)]
@@ -152,7 +131,7 @@ impl FromJson for PluginEndpointRequest {
                             key,
                             format!(
                                 "expected a string, got {}",
-                                super::extract::type_name(other)
+                                crate::api::extract::type_name(other)
                             ),
                         ),
                     }
@@ -209,7 +188,8 @@ pub struct PluginFailureRequest {
     /// The Plugin's name; must equal the path's.
     pub plugin_id: String,
     /// The running version that failed (exact, e.g. `1.4.0`).
-    pub version: String,
+    #[schema(value_type = String)]
+    pub version: Version,
     /// The namespace of the install.
     pub domain_id: String,
 }
@@ -218,15 +198,16 @@ impl FromJson for PluginFailureRequest {
     fn from_json(f: &mut Fields<'_>) -> Option<Self> {
         let supervisor_id = f.required_str("supervisor_id");
         let plugin_id = f.required_str("plugin_id");
-        let version = f.required_str("version");
-        if let Some(v) = &version
-            && let Err(err) = Version::parse(v.trim_start_matches('v'))
-        {
-            f.issue(
-                "version",
-                format!("{v:?} is not a version such as 1.4.0: {err}"),
-            );
-        }
+        let version = f.required_str("version").and_then(|v| {
+            Version::parse(v.trim_start_matches('v'))
+                .map_err(|err| {
+                    f.issue(
+                        "version",
+                        format!("{v:?} is not a version such as 1.4.0: {err}"),
+                    );
+                })
+                .ok()
+        });
         let domain_id = f.required_str("domain_id");
         if let Some(d) = &domain_id
             && !is_namespace_name(d)
@@ -258,10 +239,9 @@ fn same_plugin(path: &str, body: &str) -> std::result::Result<(), ApiError> {
 fn installs_of(state: &ApiState, namespace: &str, plugin: &str) -> Vec<Arc<PluginInstall>> {
     let catalog = state.catalog_namespace();
     let mut installs = cache::select(&state.caches().installs, |i| {
-        let plugin_ns = i.spec.plugin.namespace_or(namespace);
         cache::in_namespace(i, namespace)
             && i.spec.plugin.name() == plugin
-            && (plugin_ns == namespace || plugin_ns == catalog)
+            && access::plugin_namespace(i, catalog).is_ok()
             && i.meta().deletion_timestamp.is_none()
     });
     installs.sort_by_key(|i| i.name_any());
@@ -271,11 +251,7 @@ fn installs_of(state: &ApiState, namespace: &str, plugin: &str) -> Vec<Arc<Plugi
 /// The version an install runs (or, while it has none, the one it rolls out).
 fn running_version(install: &PluginInstall) -> Option<Version> {
     let status = install.status.as_ref()?;
-    status
-        .version
-        .as_deref()
-        .or(status.target_version.as_deref())
-        .and_then(|v| Version::parse(v).ok())
+    status.running().or_else(|| status.rolling_out())
 }
 
 fn phase(install: &PluginInstall) -> Option<Phase> {
@@ -304,9 +280,9 @@ fn phase(install: &PluginInstall) -> Option<Phase> {
 )]
 pub async fn get_endpoint(
     State(state): State<ApiState>,
-    auth: Authenticated<Seed000Error>,
-    path: SeedPath<String, Seed000Error>,
-    body: JsonBody<PluginEndpointRequest, Seed000Error>,
+    auth: Authenticated<Errors>,
+    path: SeedPath<String, Errors>,
+    body: JsonBody<PluginEndpointRequest, Errors>,
 ) -> Result<Json<PluginEndpoint>> {
     let request = body.value;
     same_plugin(&path.value, &request.plugin_id)?;
@@ -441,9 +417,9 @@ fn describe_filter(request: &PluginEndpointRequest) -> String {
 )]
 pub async fn notify_failure(
     State(state): State<ApiState>,
-    auth: Authenticated<Seed000Error>,
-    path: SeedPath<String, Seed000Error>,
-    body: JsonBody<PluginFailureRequest, Seed000Error>,
+    auth: Authenticated<Errors>,
+    path: SeedPath<String, Errors>,
+    body: JsonBody<PluginFailureRequest, Errors>,
 ) -> Result<Json<Value>> {
     let request = body.value;
     same_plugin(&path.value, &request.plugin_id)?;
@@ -455,16 +431,14 @@ pub async fn notify_failure(
             &Access::new("patch", "plugininstalls", namespace),
         )
         .await?;
-    let version = Version::parse(request.version.trim_start_matches('v'))
-        .map_err(|e| ApiError::invalid("version", e.to_string()))?;
+    let version = &request.version;
     let targets: Vec<_> = installs_of(&state, namespace, &request.plugin_id)
         .into_iter()
         .filter(|i| {
             i.status
                 .as_ref()
-                .and_then(|s| s.version.as_deref())
-                .and_then(|v| Version::parse(v).ok())
-                .is_some_and(|v| v.cmp_precedence(&version).is_eq())
+                .and_then(|s| s.running())
+                .is_some_and(|v| v.cmp_precedence(version).is_eq())
         })
         .collect();
     if targets.is_empty() {
@@ -480,7 +454,7 @@ pub async fn notify_failure(
         "message": format!("{} reported a failure of version {version}", request.supervisor_id),
     })
     .to_string();
-    let patch = json!({"metadata": {"annotations": {REPORTED_FAILURE_ANNOTATION: report}}});
+    let patch = json!({"metadata": {"annotations": {annotations::REPORTED_FAILURE: report}}});
     let api: Api<PluginInstall> = Api::namespaced(state.client().clone(), namespace);
     let params = PatchParams {
         field_manager: Some(FIELD_MANAGER.to_owned()),
@@ -513,7 +487,7 @@ impl Default for IssuedTokens {
     fn default() -> Self {
         Self {
             cache: Cache::builder()
-                .max_capacity(super::auth::CAPACITY)
+                .max_capacity(crate::api::auth::CAPACITY)
                 .time_to_live(Duration::from_secs(ACCESS_TOKEN_SECONDS as u64))
                 .build(),
         }
@@ -585,6 +559,7 @@ fn fresh(token: &IssuedToken, now: Timestamp) -> bool {
 mod tests {
     use super::*;
     use crate::api::extract::Fields;
+    use axum::response::IntoResponse;
     use serde_json::json;
 
     fn parse<T: FromJson>(value: Value) -> std::result::Result<T, Vec<String>> {
@@ -655,7 +630,7 @@ mod tests {
     #[test]
     fn error_codes_follow_the_kind_of_error() {
         let body = |err: ApiError| {
-            let response = Seed000Error(err).into_response();
+            let response = SeedError::<Errors>::new(err).into_response();
             response.status().as_u16()
         };
         assert_eq!(body(ApiError::invalid("domain_id", "required")), 400);

@@ -1,0 +1,70 @@
+//! The PluginInstall controller, a pipeline of four steps:
+//!
+//! 1. **observe** ([`observe()`]): everything the decision needs, read into a plain [`World`]
+//!    value: the install, its Plugin and versions, its Deployment and pods (from the caches), its
+//!    `configFrom` Secrets and the metadata of its credentials Secret (from the API server), an
+//!    external plugin's health (an HTTP check), the time and a fresh client secret.
+//! 2. **plan** ([`plan()`]): pure. It decides first (is the spec valid, which version, which
+//!    phase, restart or revert), then builds the children once, the credentials Secret among
+//!    them.
+//! 3. **apply**: writes the credentials Secret and the children the plan built, each only when
+//!    it differs from what is there.
+//! 4. **status**: writes the status the plan decided, and an Event when the phase changed.
+//!
+//! Only observe, apply and status reach outside the process.
+mod observe;
+mod outcome;
+mod plan;
+#[cfg(test)]
+mod scenarios;
+mod views;
+
+use std::sync::Arc;
+
+use kube::{Resource, ResourceExt, runtime::controller::Action};
+
+use super::{Context, Error, apply};
+use crate::resources::PluginInstall;
+
+pub use observe::{ForeignObject, ReadError, World, observe};
+pub use plan::{ChildrenPlan, CredentialsPlan, Plan, plan};
+
+pub async fn reconcile(install: Arc<PluginInstall>, ctx: Arc<Context>) -> Result<Action, Error> {
+    if !ctx.leader.is_leader() || install.meta().deletion_timestamp.is_some() {
+        ctx.recent.installs.forget(&install);
+        return Ok(Action::await_change());
+    }
+    let install = ctx.recent.installs.fresh(install);
+    let world = observe(&install, &ctx).await?;
+    let Plan {
+        children,
+        credentials,
+        status,
+        transition,
+        requeue,
+    } = plan(&world)?;
+    tracing::debug!(
+        install = %install.name_any(),
+        namespace = ?install.namespace(),
+        phase = ?status.phase,
+        pods = world.pods.len(),
+        "planned"
+    );
+    // Seed 003 credentials. Not fatal: without them (e.g. RBAC without `create secrets`) the
+    // plugin still runs (the volume is optional); the next reconcile tries again.
+    if let Err(error) = apply::credentials(&ctx, &credentials).await {
+        tracing::warn!(install = %install.name_any(), namespace = ?install.namespace(), %error, "cannot create or rotate the credentials Secret");
+    }
+    match children {
+        ChildrenPlan::Keep => {}
+        ChildrenPlan::Apply(children) => apply::children(&ctx, &children).await?,
+        ChildrenPlan::RemoveDeployment => apply::remove_deployment(&ctx, &install).await?,
+    }
+    apply::status(&ctx, &ctx.recent.installs, &*install, &status).await?;
+    if let Some(transition) = &transition {
+        ctx.events
+            .publish(&install, transition, ctx.clock.now())
+            .await;
+    }
+    Ok(Action::requeue(requeue))
+}
