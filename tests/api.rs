@@ -790,6 +790,9 @@ async fn plugins_are_registered_listed_read_and_deleted() {
     let created = post(&collection, &token, registration.clone()).await;
     expect(&created, StatusCode::OK);
     let id = created.body["id"].as_str().expect("an id").to_owned();
+    // Read your write: the next request finds the plugin by id at once.
+    let at_once = get(&format!("/v1/plugins/{id}"), &token).await;
+    expect(&at_once, StatusCode::OK);
     assert_eq!(
         created.body,
         json!({

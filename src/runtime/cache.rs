@@ -284,6 +284,35 @@ where
     store.get(&reflector::ObjectRef::new(name).within(namespace))
 }
 
+/// How long a handler waits for its own write to reach the cache ([`seen`]).
+pub const READ_YOUR_WRITE: std::time::Duration = std::time::Duration::from_secs(3);
+
+/// Waits (at most `deadline`) until the store holds the object with this `uid`, so that a caller
+/// who created it can read, change or delete it by id in the next request; the watch normally
+/// brings it within milliseconds. Returns whether it arrived; past the deadline the write still
+/// stands, only the next read may not see it yet.
+pub async fn seen<K>(
+    store: &Store<K>,
+    namespace: &str,
+    name: &str,
+    uid: &str,
+    deadline: std::time::Duration,
+) -> bool
+where
+    K: Resource + Clone + 'static,
+    K::DynamicType: Eq + std::hash::Hash + Clone + Default,
+{
+    let has = || get(store, namespace, name).is_some_and(|o| o.uid().as_deref() == Some(uid));
+    let wait = async {
+        // The store has no per-object notification; a short poll costs nothing beside a request.
+        let mut tick = tokio::time::interval(std::time::Duration::from_millis(20));
+        while !has() {
+            tick.tick().await;
+        }
+    };
+    tokio::time::timeout(deadline, wait).await.is_ok()
+}
+
 /// Whether an object is in `namespace`.
 pub fn in_namespace<K: Resource>(object: &K, namespace: &str) -> bool {
     object.namespace().as_deref() == Some(namespace)

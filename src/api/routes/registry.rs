@@ -367,6 +367,22 @@ pub async fn register_plugin(
             }
             other => other,
         })?;
+    // The other routes find a plugin by id in the cache: answer once it is there, so that a
+    // caller can delete or read what it just registered.
+    if let Some(uid) = created.uid() {
+        let plugins = &state.caches().plugins;
+        if !cache::seen(
+            plugins,
+            &account,
+            &request.name,
+            &uid,
+            cache::READ_YOUR_WRITE,
+        )
+        .await
+        {
+            tracing::warn!(%account, name = %request.name, "registered plugin not yet in the cache");
+        }
+    }
     Ok(Json(PluginDto::from_plugin(&created)))
 }
 
