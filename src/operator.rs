@@ -96,6 +96,7 @@ pub async fn run(args: RunArgs) -> Result<(), RunError> {
         clock: clock.clone(),
         health_checker: HealthChecker::new().map_err(RunError::HealthChecker)?,
         recent: Default::default(),
+        backoffs: Default::default(),
     });
 
     let admin_listener =

@@ -89,7 +89,12 @@ where
         return Ok(());
     }
     let api: Api<K> = Api::namespaced(ctx.client.clone(), &namespace);
-    with_timeout(api.patch(&name, &apply_params(), &Patch::Apply(desired))).await?;
+    with_timeout(api.patch(&name, &apply_params(), &Patch::Apply(desired)))
+        .await
+        .map_err(|source| Error::Write {
+            what: format!("{} {namespace}/{name}", K::kind(&())),
+            source,
+        })?;
     ctx.metrics.wrote(K::kind(&()).as_ref());
     tracing::debug!(kind = %K::kind(&()), %namespace, %name, "applied");
     Ok(())

@@ -1,5 +1,5 @@
-//! Kubernetes Events for lifecycle transitions, so `kubectl describe` and `kubectl get events`
-//! tell the story of an install.
+//! Kubernetes Events for lifecycle transitions and for writes the API server refused, so
+//! `kubectl describe` and `kubectl get events` tell the story of an install.
 use k8s_openapi::{
     api::events::v1::Event,
     apimachinery::pkg::apis::meta::v1::{MicroTime, ObjectMeta},
@@ -35,30 +35,77 @@ impl Transition {
             message: ready.map(|c| c.message.clone()).unwrap_or_default(),
         }
     }
+}
 
-    fn event(&self, install: &PluginInstall, reporter: &Reporter, now: Timestamp) -> Event {
-        let warning = matches!(self.to, Phase::Error | Phase::Restarting);
+/// What an Event says: its type, reason, action and note.
+pub trait Announce {
+    fn warning(&self) -> bool;
+    fn reason(&self) -> &str;
+    fn action(&self) -> &str;
+    fn note(&self) -> String;
+}
+
+impl Announce for Transition {
+    fn warning(&self) -> bool {
+        matches!(self.to, Phase::Error | Phase::Restarting)
+    }
+    fn reason(&self) -> &str {
+        &self.reason
+    }
+    fn action(&self) -> &str {
+        self.to.as_str()
+    }
+    fn note(&self) -> String {
         let from = self.from.map_or("new", Phase::as_str);
-        Event {
-            metadata: ObjectMeta {
-                // Named as kubelet and kube-rs name theirs: object name, then a unique suffix.
-                name: Some(format!("{}.{:x}", install.name_any(), now.as_nanosecond())),
-                namespace: install.namespace(),
-                ..Default::default()
-            },
-            event_time: Some(MicroTime(now)),
-            type_: Some(if warning { "Warning" } else { "Normal" }.to_owned()),
-            reason: Some(self.reason.clone()),
-            action: Some(self.to.as_str().to_owned()),
-            note: Some(truncate(
-                &format!("{from} → {}: {}", self.to, self.message),
-                1000,
-            )),
-            regarding: Some(install.object_ref(&())),
-            reporting_controller: Some(reporter.controller.clone()),
-            reporting_instance: Some(reporter.instance.clone()),
+        format!("{from} → {}: {}", self.to, self.message)
+    }
+}
+
+/// The API server refused a write of the install's children (reason: a
+/// [`ApiRefusal`](crate::runtime::call::ApiRefusal)'s).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Refused {
+    pub reason: String,
+    pub message: String,
+}
+
+impl Announce for Refused {
+    fn warning(&self) -> bool {
+        true
+    }
+    fn reason(&self) -> &str {
+        &self.reason
+    }
+    fn action(&self) -> &str {
+        "Apply"
+    }
+    fn note(&self) -> String {
+        self.message.clone()
+    }
+}
+
+fn event(
+    what: &impl Announce,
+    install: &PluginInstall,
+    reporter: &Reporter,
+    now: Timestamp,
+) -> Event {
+    Event {
+        metadata: ObjectMeta {
+            // Named as kubelet and kube-rs name theirs: object name, then a unique suffix.
+            name: Some(format!("{}.{:x}", install.name_any(), now.as_nanosecond())),
+            namespace: install.namespace(),
             ..Default::default()
-        }
+        },
+        event_time: Some(MicroTime(now)),
+        type_: Some(if what.warning() { "Warning" } else { "Normal" }.to_owned()),
+        reason: Some(what.reason().to_owned()),
+        action: Some(what.action().to_owned()),
+        note: Some(truncate(&what.note(), 1000)),
+        regarding: Some(install.object_ref(&())),
+        reporting_controller: Some(reporter.controller.clone()),
+        reporting_instance: Some(reporter.instance.clone()),
+        ..Default::default()
     }
 }
 
@@ -97,12 +144,12 @@ impl Events {
     }
 
     /// Best effort: a lost event is logged, never fails the reconcile.
-    pub async fn publish(&self, install: &PluginInstall, transition: &Transition, now: Timestamp) {
+    pub async fn publish(&self, install: &PluginInstall, what: &impl Announce, now: Timestamp) {
         let api: Api<Event> = Api::namespaced(
             self.client.clone(),
             &install.namespace().unwrap_or_default(),
         );
-        let event = transition.event(install, &self.reporter, now);
+        let event = event(what, install, &self.reporter, now);
         let params = PostParams {
             field_manager: Some(FIELD_MANAGER.to_owned()),
             ..Default::default()

@@ -27,7 +27,12 @@ use crate::{
     lifecycle::access,
     resources::{Plugin, PluginInstall, PluginVersion, names::labels},
     runtime::{
-        cache, call::CallError, clock::Clock, leader::LeaderState, metrics::Metrics,
+        backoff::Backoffs,
+        cache,
+        call::{ApiRefusal, CallError},
+        clock::Clock,
+        leader::LeaderState,
+        metrics::Metrics,
         random::RandomError,
     },
 };
@@ -43,6 +48,8 @@ pub struct Context {
     pub clock: Clock,
     pub health_checker: HealthChecker,
     pub recent: RecentWrites,
+    /// Failures in a row per object, for the growing retry delays.
+    pub backoffs: Backoffs,
 }
 
 /// What the reconcilers just wrote, per kind (see [`cache::Recent`]).
@@ -53,14 +60,22 @@ pub struct RecentWrites {
     pub versions: cache::Recent<PluginVersion>,
 }
 
-/// The reconcilers' errors: an API call failed or timed out, the OS gave no random numbers, or a
-/// child could not be serialized (a bug). Each is counted, logged and retried
-/// (`error_policy`). Problems of user input are not errors: they are written to status
-/// conditions and wait for a change.
+/// The reconcilers' errors: an API call failed or timed out (a write of one object, named, or
+/// another call), the OS gave no random numbers, or a child could not be serialized (a bug).
+/// Each is counted, logged and retried with a growing delay (`error_policy`); a write the API
+/// server refused is also reported in the install's status and an Event. Problems of user input
+/// are not errors: they are written to status conditions and wait for a change.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     #[error(transparent)]
     Call(#[from] CallError),
+    #[error("{what}: {source}")]
+    Write {
+        /// The object written, e.g. `Service team-a/billing`.
+        what: String,
+        #[source]
+        source: CallError,
+    },
     #[error(transparent)]
     Random(#[from] RandomError),
     #[error(transparent)]
@@ -71,9 +86,26 @@ impl Error {
     /// A short label for metrics.
     pub fn metric_label(&self) -> &'static str {
         match self {
-            Self::Call(call) => call.metric_label(),
+            Self::Call(call) | Self::Write { source: call, .. } => call.metric_label(),
             Self::Random(_) => "random",
             Self::Build(_) => "build",
+        }
+    }
+
+    /// The API server's refusal, when a retry alone cannot help.
+    pub fn refusal(&self) -> Option<ApiRefusal> {
+        match self {
+            Self::Call(call) | Self::Write { source: call, .. } => call.refusal(),
+            Self::Random(_) | Self::Build(_) => None,
+        }
+    }
+
+    /// What to tell a user: the object, then the API server's own words.
+    pub fn user_message(&self) -> String {
+        match self {
+            Self::Write { what, source } => format!("writing {what}: {}", source.message()),
+            Self::Call(call) => call.message(),
+            other => other.to_string(),
         }
     }
 }
@@ -119,17 +151,32 @@ fn without_url(err: &reqwest::Error) -> String {
     }
 }
 
-/// A failed reconcile is counted, logged and tried again after a fixed 5 s (every error alike,
-/// for now: the controller's own backoff is not used).
+/// A failed reconcile is counted, logged and tried again after a delay that grows with each
+/// failure in a row of that object ([`Backoffs`]): from 1 s for what may pass on the next try
+/// (timeouts, conflicts, 429, 5xx), from 5 s for what the API server refused (the reconcile has
+/// already reported it in status), doubling up to 5 minutes, with jitter. A success resets it
+/// (see `timed`).
 fn error_policy<K: Resource<DynamicType = ()>>(
     object: Arc<K>,
     error: &Error,
     ctx: Arc<Context>,
 ) -> Action {
+    let kind = K::kind(&());
     ctx.metrics
-        .reconcile_failed(K::kind(&()).as_ref(), error.metric_label());
-    tracing::warn!(object = %object.name_any(), namespace = ?object.namespace(), %error, "reconcile failed; will retry");
-    Action::requeue(Duration::from_secs(5))
+        .reconcile_failed(kind.as_ref(), error.metric_label());
+    let key = backoff_key(&*object);
+    let delay = ctx.backoffs.failed(&key, error.refusal().is_some());
+    tracing::warn!(object = %object.name_any(), namespace = ?object.namespace(), %error, retry_in = ?delay, "reconcile failed");
+    Action::requeue(delay)
+}
+
+fn backoff_key<K: Resource<DynamicType = ()>>(object: &K) -> String {
+    format!(
+        "{}/{}/{}",
+        K::kind(&()),
+        object.namespace().unwrap_or_default(),
+        object.name_any()
+    )
 }
 
 /// Which objects a change of another one concerns, read from the caches.
@@ -287,15 +334,25 @@ fn timed<K, F, Fut>(
     kind: &'static str,
 ) -> impl Fn(Arc<K>, Arc<Context>) -> ReconcileFuture
 where
-    K: Send + Sync + 'static,
+    K: Resource<DynamicType = ()> + Send + Sync + 'static,
     F: Fn(Arc<K>, Arc<Context>) -> Fut + Send + Sync + Copy + 'static,
     Fut: Future<Output = Result<Action, Error>> + Send + 'static,
 {
     move |object, ctx| {
         Box::pin(async move {
+            // No reconcile decides from a cache that has not had its first full list (a restart
+            // would count no installs and free versions in use, and write that): each waits for
+            // every cache the reconcilers read. Once they are synced this returns at once.
+            if !ctx.caches.ready().await {
+                return Ok(Action::requeue(Duration::from_secs(1)));
+            }
+            let key = backoff_key(&*object);
             let started = std::time::Instant::now();
             let result = reconcile(object, ctx.clone()).await;
             ctx.metrics.reconciled(kind, started.elapsed());
+            if result.is_ok() {
+                ctx.backoffs.succeeded(&key);
+            }
             result
         })
     }

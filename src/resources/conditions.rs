@@ -47,6 +47,12 @@ pub mod reason {
     pub const NO_MATCHING_VERSION: &str = F::NoMatchingVersion.as_str();
     pub const INVALID_SPEC: &str = F::InvalidSpec.as_str();
     pub const HEALTHY: &str = "Healthy";
+    // Ready=False when the API server refused a write of the install's children (a retry alone
+    // cannot fix these; the operator still retries, with growing delays).
+    pub const QUOTA_EXCEEDED: &str = "QuotaExceeded";
+    pub const FORBIDDEN: &str = "Forbidden";
+    pub const INVALID: &str = "Invalid";
+    pub const NOT_FOUND: &str = "NotFound";
 
     // `Progressing`.
     pub const ROLLED_BACK: &str = "RolledBack";

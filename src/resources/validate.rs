@@ -174,6 +174,32 @@ pub fn validate_version(
 
 /// Checks a PluginInstall's spec on its own (whether the plugin and a matching version exist,
 /// and whether the config satisfies the version's schema, needs the other objects).
+/// An install's name names its children: its Service (a DNS-1035 label: at most 63 lowercase
+/// letters, digits and `-`, starting with a letter, ending with a letter or digit) and the
+/// `plugin-operator.dev/install` label on each of them (at most 63 characters). The API server
+/// takes longer names and dots for the install itself, so the rule is checked here.
+pub fn validate_install_name(name: &str) -> Result<(), FieldError> {
+    let starts = name.chars().next().is_some_and(|c| c.is_ascii_lowercase());
+    let ends = name
+        .chars()
+        .last()
+        .is_some_and(|c| c.is_ascii_lowercase() || c.is_ascii_digit());
+    let chars = name
+        .chars()
+        .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-');
+    if name.len() <= 63 && starts && ends && chars {
+        return Ok(());
+    }
+    Err(FieldError::new(
+        "metadata.name",
+        format!(
+            "{name:?} cannot name the install's Service and labels: use at most 63 lowercase \
+             letters, digits and '-', starting with a letter and ending with a letter or digit \
+             (a DNS-1035 label)"
+        ),
+    ))
+}
+
 pub fn validate_install(spec: &PluginInstallSpec) -> Result<(), Vec<FieldError>> {
     let mut errors = Vec::new();
     match &spec.plugin {

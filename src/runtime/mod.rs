@@ -1,7 +1,8 @@
 //! What the controllers and the HTTP API share at run time: the watch caches and their lookups,
 //! API calls with a timeout ([`call`]), the clock, random secrets, leader election, the admin
-//! server, metrics and telemetry. Uses only `resources` and `lifecycle`.
+//! server, metrics and telemetry, retry delays. Uses only `resources` and `lifecycle`.
 pub mod admin;
+pub mod backoff;
 pub mod cache;
 pub mod call;
 pub mod clock;

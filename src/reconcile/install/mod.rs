@@ -9,7 +9,10 @@
 //!    them.
 //! 3. **apply**: writes the credentials Secret and the children the plan built, each only when
 //!    it differs from what is there.
-//! 4. **status**: writes the status the plan decided, and an Event when the phase changed.
+//! 4. **status**: writes the status the plan decided, and an Event when the phase changed. When
+//!    the API server refused a write of apply (quota, RBAC, admission, invalid), the status says
+//!    so (`Ready=False`, [`refused`]) and an Event announces it; the error is then retried with
+//!    growing delays.
 //!
 //! Only observe, apply and status reach outside the process.
 mod observe;
@@ -23,11 +26,11 @@ use std::sync::Arc;
 
 use kube::{Resource, ResourceExt, runtime::controller::Action};
 
-use super::{Context, Error, apply};
+use super::{Context, Error, apply, events::Refused};
 use crate::resources::PluginInstall;
 
 pub use observe::{ForeignObject, ReadError, World, observe};
-pub use plan::{ChildrenPlan, CredentialsPlan, Plan, plan};
+pub use plan::{ChildrenPlan, CredentialsPlan, Plan, plan, refused};
 
 pub async fn reconcile(install: Arc<PluginInstall>, ctx: Arc<Context>) -> Result<Action, Error> {
     if !ctx.leader.is_leader() || install.meta().deletion_timestamp.is_some() {
@@ -55,10 +58,33 @@ pub async fn reconcile(install: Arc<PluginInstall>, ctx: Arc<Context>) -> Result
     if let Err(error) = apply::credentials(&ctx, &credentials).await {
         tracing::warn!(install = %install.name_any(), namespace = ?install.namespace(), %error, "cannot create or rotate the credentials Secret");
     }
-    match children {
-        ChildrenPlan::Keep => {}
-        ChildrenPlan::Apply(children) => apply::children(&ctx, &children).await?,
-        ChildrenPlan::RemoveDeployment => apply::remove_deployment(&ctx, &install).await?,
+    let applied = match children {
+        ChildrenPlan::Keep => Ok(()),
+        ChildrenPlan::Apply(children) => apply::children(&ctx, &children).await,
+        ChildrenPlan::RemoveDeployment => apply::remove_deployment(&ctx, &install).await,
+    };
+    // Status is written even when a write of the children failed: a refusal no retry can fix
+    // is reported there (and in an Event when it is new), a transient failure is only retried.
+    let mut status = status;
+    let mut refusal = None;
+    if let Err(error) = &applied
+        && let Some(kind) = error.refusal()
+    {
+        let message = error.user_message();
+        let generation = install.meta().generation;
+        if refused(
+            &mut status,
+            install.status.as_ref(),
+            kind,
+            &message,
+            world.now,
+            generation,
+        ) {
+            refusal = Some(Refused {
+                reason: kind.reason().to_owned(),
+                message,
+            });
+        }
     }
     apply::status(&ctx, &ctx.recent.installs, &*install, &status).await?;
     if let Some(transition) = &transition {
@@ -66,5 +92,9 @@ pub async fn reconcile(install: Arc<PluginInstall>, ctx: Arc<Context>) -> Result
             .publish(&install, transition, ctx.clock.now())
             .await;
     }
+    if let Some(refused) = &refusal {
+        ctx.events.publish(&install, refused, ctx.clock.now()).await;
+    }
+    applied?;
     Ok(Action::requeue(requeue))
 }

@@ -4,6 +4,7 @@
 //! one is due.
 use std::time::Duration;
 
+use k8s_openapi::jiff::Timestamp;
 use k8s_openapi::{
     api::core::v1::Secret,
     apimachinery::pkg::apis::meta::v1::{ObjectMeta, Time},
@@ -27,6 +28,7 @@ use crate::{
         names::{self, credentials},
         validate,
     },
+    runtime::call::ApiRefusal,
 };
 
 use super::super::{
@@ -54,6 +56,36 @@ pub struct Plan {
     /// The phase changed: announce it with an Event.
     pub transition: Option<Transition>,
     pub requeue: Duration,
+}
+
+/// The status to write when the API server refused a write of the children (a quota, RBAC, an
+/// admission denial, an invalid object): the planned one, with `Ready=False`, the refusal's
+/// reason and the API server's message, so that a user sees why nothing runs. Pure; returns
+/// whether `Ready` changed from what `old` had, which is when to announce it with an Event.
+pub fn refused(
+    status: &mut PluginInstallStatus,
+    old: Option<&PluginInstallStatus>,
+    refusal: ApiRefusal,
+    message: &str,
+    now: Timestamp,
+    generation: Option<i64>,
+) -> bool {
+    conditions::set_condition(
+        &mut status.conditions,
+        conditions::NewCondition::new(
+            conditions::READY,
+            ConditionStatus::False,
+            refusal.reason(),
+            message,
+        )
+        .observed_generation(generation),
+        Time(now),
+    );
+    let ready = |s: &PluginInstallStatus| {
+        conditions::find_condition(&s.conditions, conditions::READY)
+            .map(|c| (c.status.clone(), c.reason.clone(), c.message.clone()))
+    };
+    old.and_then(ready) != ready(status)
 }
 
 #[derive(Debug)]
@@ -217,7 +249,18 @@ fn decide(world: &World) -> Result<Decision<'_>, BuildError> {
         outcome.inactive();
         return Ok(outcome.finish(Wanted::RemoveDeployment, RESYNC));
     }
-    if let Err(errors) = validate::validate_install(&install.spec) {
+    // An install whose name cannot name its children is refused like an invalid spec.
+    let errors: Vec<_> = validate::validate_install_name(&install.name_any())
+        .err()
+        .into_iter()
+        .chain(
+            validate::validate_install(&install.spec)
+                .err()
+                .into_iter()
+                .flatten(),
+        )
+        .collect();
+    if !errors.is_empty() {
         outcome.error(
             FailureReason::InvalidSpec,
             &validate::join_errors(&errors),

@@ -360,3 +360,19 @@ fn dns_names() {
         assert!(!is_dns_subdomain(bad), "{bad}");
     }
 }
+
+#[test]
+fn install_names_must_be_able_to_name_services_and_labels() {
+    for good in ["a", "billing-export", "x1", &"a".repeat(63)] {
+        assert_eq!(validate_install_name(good), Ok(()), "{good}");
+    }
+    for bad in ["billing.export", &"a".repeat(64), "1abc", "abc-", "Abc", ""] {
+        let error = validate_install_name(bad).expect_err(bad);
+        assert_eq!(error.field, "metadata.name");
+        assert!(
+            error.message.contains("DNS-1035 label"),
+            "{}",
+            error.message
+        );
+    }
+}

@@ -550,3 +550,67 @@ fn credentials_rotate_when_the_install_asks() {
         CredentialsPlan::Keep
     ));
 }
+
+#[test]
+fn quota_refusal_shows_in_ready_until_a_write_passes() {
+    use crate::runtime::call::ApiRefusal;
+    let mut cluster = Cluster::new(json!({}), vec![version("1.0.0")]);
+    let mut plan = cluster.reconcile();
+    let message = "writing Service tenant/echo: services \"echo\" is forbidden: exceeded quota: \
+                   no-services, requested: services=1, used: services=0, limited: services=0";
+    let now = cluster.clock.clock.now_in_seconds();
+    // The first refusal changes Ready: announced.
+    let old = cluster.install.status.clone();
+    let announce = super::refused(
+        &mut plan.status,
+        old.as_ref(),
+        ApiRefusal::QuotaExceeded,
+        message,
+        now,
+        Some(1),
+    );
+    assert!(announce);
+    cluster.install.status = Some(plan.status.clone());
+    let (ready, why) = cluster.condition(conditions::READY);
+    assert_eq!(ready, ConditionStatus::False);
+    assert_eq!(why, reason::QUOTA_EXCEEDED);
+    assert_eq!(ready_message(&cluster), message);
+    // The same refusal again: nothing new to announce, and the status it leads to is the same.
+    let old = cluster.install.status.clone();
+    let mut again = cluster.reconcile();
+    assert!(!super::refused(
+        &mut again.status,
+        old.as_ref(),
+        ApiRefusal::QuotaExceeded,
+        message,
+        now,
+        Some(1),
+    ));
+    assert_eq!(Some(&again.status), old.as_ref());
+    // Once the write passes (the quota was raised), the plan's own Ready comes back.
+    cluster.reconcile();
+    let (ready, why) = cluster.condition(conditions::READY);
+    assert_eq!(ready, ConditionStatus::False);
+    assert_eq!(why, reason::STARTING);
+}
+
+fn ready_message(cluster: &Cluster) -> String {
+    conditions::find_condition(&cluster.status().conditions, conditions::READY)
+        .map(|c| c.message.clone())
+        .expect("Ready")
+}
+
+#[test]
+fn a_name_that_cannot_name_a_service_is_refused() {
+    let mut cluster = Cluster::new(json!({}), vec![version("1.0.0")]);
+    cluster.install.metadata.name = Some("billing.export".into());
+    let plan = cluster.reconcile();
+    assert_eq!(cluster.phase(), Some(Phase::Error));
+    assert!(matches!(plan.children, ChildrenPlan::Keep));
+    assert_eq!(cluster.last_failure(), "InvalidSpec");
+    let why = ready_message(&cluster);
+    assert!(
+        why.contains("metadata.name") && why.contains("DNS-1035 label"),
+        "{why}"
+    );
+}
