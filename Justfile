@@ -3,6 +3,8 @@
 set shell := ["bash", "-euo", "pipefail", "-c"]
 
 kubeconfig := justfile_directory() / "target/local-cluster/kubeconfig"
+# The fault tests' own cluster: they restart its API server.
+fault_cluster := justfile_directory() / "target/fault-cluster"
 
 # List the recipes
 default:
@@ -26,7 +28,7 @@ demo:
     devtools/scripts/demo.sh
 
 # Everything a contributor must pass: format, lints, unit and end-to-end tests
-test: tools fmt-check lint unit e2e
+test: tools fmt-check lint unit e2e e2e-faults
 
 # Unit tests and the CRD drift check (no cluster needed)
 unit:
@@ -36,6 +38,12 @@ unit:
 # End-to-end tests against the local control plane (started when needed)
 e2e: cluster-up
     KUBECONFIG={{kubeconfig}} cargo test --workspace --tests -- --test-threads 4
+
+# API server restarts (tests/relists.rs) on a cluster of their own, stopped afterwards
+e2e-faults:
+    cargo build -q -p devtools --bin node-sim
+    LOCAL_CLUSTER_DIR={{fault_cluster}} devtools/scripts/cluster.sh up
+    status=0; LOCAL_CLUSTER_DIR={{fault_cluster}} KUBECONFIG={{fault_cluster}}/kubeconfig cargo test --test relists -- --ignored --test-threads 1 --nocapture || status=$?; LOCAL_CLUSTER_DIR={{fault_cluster}} devtools/scripts/cluster.sh down; exit $status
 
 # Clippy with warnings denied
 lint:

@@ -5,6 +5,13 @@
 #   cluster.sh up     start it (does nothing when it is already up)
 #   cluster.sh down   stop what `up` started (by pid) and remove its data
 #   cluster.sh status say whether it is up
+# For fault tests (tests/relists.rs, `just e2e-faults`, on a cluster of their own):
+#   cluster.sh stop-apiserver          stop kube-apiserver (etcd and the rest keep running)
+#   cluster.sh start-apiserver         start it again with the same flags on the same port
+#   cluster.sh start-second-apiserver  a second kube-apiserver on the same etcd, on another port,
+#                                      with its kubeconfig in kubeconfig-second (writes that the
+#                                      clients of the first cannot watch while it is stopped)
+#   cluster.sh stop-second-apiserver   stop it
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "$0")/../.." && pwd)
@@ -107,6 +114,50 @@ EOF
   chmod 600 "$out"
 }
 
+# Starts a kube-apiserver (pid file and log named $1) on etcd port $2 and port $3 and waits until
+# it answers /readyz through the kubeconfig $4. Every one shares the certificates and tokens.
+start_apiserver() {
+  local name=$1 etcd_port=$2 api_port=$3 kubeconfig=$4 suffix=""
+  [ "$name" = kube-apiserver ] || suffix="-${name#kube-apiserver-}"
+  log "starting $name on 127.0.0.1:$api_port"
+  start "$name" "$BIN/kube-apiserver" \
+    --etcd-servers "http://127.0.0.1:$etcd_port" \
+    --bind-address 127.0.0.1 --advertise-address 127.0.0.1 --secure-port "$api_port" \
+    --tls-cert-file "$DIR/pki/apiserver.crt" --tls-private-key-file "$DIR/pki/apiserver.key" \
+    --client-ca-file "$DIR/pki/ca.crt" --token-auth-file "$DIR/pki/tokens.csv" \
+    --authorization-mode RBAC \
+    --service-account-issuer https://kubernetes.default.svc.cluster.local \
+    --service-account-signing-key-file "$DIR/pki/sa.key" --service-account-key-file "$DIR/pki/sa.pub" \
+    --api-audiences https://kubernetes.default.svc.cluster.local \
+    --service-cluster-ip-range 10.96.0.0/16 --allow-privileged=true --profiling=false \
+    --endpoint-reconciler-type none \
+    --audit-policy-file "$DIR/audit-policy.yaml" --audit-log-path "$DIR/logs/audit$suffix.log" \
+    --audit-log-maxsize 200 --audit-log-maxbackup 2 \
+    --cert-dir "$DIR/pki/apiserver$suffix-certs"
+  wait_for "$name /readyz" "$name" 90 \
+    "$BIN/kubectl" --kubeconfig "$kubeconfig" --request-timeout=5s get --raw /readyz
+}
+
+# Stops the process of pid file $1 (TERM, then KILL after 5 s) and forgets it.
+stop() {
+  local name=$1 pid
+  [ -f "$PIDS/$name" ] || return 0
+  pid=$(cat "$PIDS/$name")
+  if kill -0 "$pid" 2>/dev/null; then
+    kill "$pid" 2>/dev/null || true
+    for _ in $(seq 1 50); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
+    kill -9 "$pid" 2>/dev/null || true
+  fi
+  rm -f "$PIDS/$name"
+}
+
+# The ports `up` chose.
+ports() {
+  [ -f "$DIR/ports" ] || fail "no cluster in $DIR (run up first)"
+  # shellcheck source=/dev/null
+  . "$DIR/ports"
+}
+
 up() {
   BIN=$("$ROOT/devtools/scripts/build-control-plane.sh")
   if is_up; then log "already up; KUBECONFIG=$KUBECONFIG_OUT"; return; fi
@@ -132,24 +183,9 @@ up() {
     --quota-backend-bytes 4294967296 --unsafe-no-fsync
   wait_for "etcd health" etcd 30 curl -fsS "http://127.0.0.1:$etcd_port/health"
 
-  log "starting kube-apiserver on 127.0.0.1:$api_port"
-  start kube-apiserver "$BIN/kube-apiserver" \
-    --etcd-servers "http://127.0.0.1:$etcd_port" \
-    --bind-address 127.0.0.1 --advertise-address 127.0.0.1 --secure-port "$api_port" \
-    --tls-cert-file "$DIR/pki/apiserver.crt" --tls-private-key-file "$DIR/pki/apiserver.key" \
-    --client-ca-file "$DIR/pki/ca.crt" --token-auth-file "$DIR/pki/tokens.csv" \
-    --authorization-mode RBAC \
-    --service-account-issuer https://kubernetes.default.svc.cluster.local \
-    --service-account-signing-key-file "$DIR/pki/sa.key" --service-account-key-file "$DIR/pki/sa.pub" \
-    --api-audiences https://kubernetes.default.svc.cluster.local \
-    --service-cluster-ip-range 10.96.0.0/16 --allow-privileged=true --profiling=false \
-    --endpoint-reconciler-type none \
-    --audit-policy-file "$DIR/audit-policy.yaml" --audit-log-path "$DIR/logs/audit.log" \
-    --audit-log-maxsize 200 --audit-log-maxbackup 2 \
-    --cert-dir "$DIR/pki/apiserver-certs"
+  printf 'ETCD_PORT=%s\nAPI_PORT=%s\n' "$etcd_port" "$api_port" >"$DIR/ports"
   write_kubeconfig "https://127.0.0.1:$api_port" "$token" "$KUBECONFIG_OUT"
-  wait_for "kube-apiserver /readyz" kube-apiserver 90 \
-    "$BIN/kubectl" --kubeconfig "$KUBECONFIG_OUT" --request-timeout=5s get --raw /readyz
+  start_apiserver kube-apiserver "$etcd_port" "$api_port" "$KUBECONFIG_OUT"
 
   log "starting kube-controller-manager"
   start kube-controller-manager "$BIN/kube-controller-manager" \
@@ -173,24 +209,30 @@ up() {
 down() {
   local quiet=${1:-}
   [ -d "$PIDS" ] || { [ -n "$quiet" ] || log "not running"; return 0; }
-  local name pid
-  for name in node-sim kube-controller-manager kube-apiserver etcd; do
-    [ -f "$PIDS/$name" ] || continue
-    pid=$(cat "$PIDS/$name")
-    if kill -0 "$pid" 2>/dev/null; then
-      kill "$pid" 2>/dev/null || true
-      for _ in $(seq 1 50); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
-      kill -9 "$pid" 2>/dev/null || true
-    fi
-    rm -f "$PIDS/$name"
+  local name
+  for name in node-sim kube-controller-manager kube-apiserver-second kube-apiserver etcd; do
+    stop "$name"
   done
-  rm -rf "$DIR/etcd" "$DIR/pki" "$KUBECONFIG_OUT"
+  rm -rf "$DIR/etcd" "$DIR/pki" "$KUBECONFIG_OUT" "$DIR/kubeconfig-second" "$DIR/ports"
   [ -n "$quiet" ] || log "down"
 }
 
 case "${1:-}" in
   up) up ;;
   down) down ;;
+  stop-apiserver) stop kube-apiserver; log "kube-apiserver stopped" ;;
+  start-apiserver)
+    BIN=$("$ROOT/devtools/scripts/build-control-plane.sh"); ports
+    alive kube-apiserver && fail "kube-apiserver is running"
+    start_apiserver kube-apiserver "$ETCD_PORT" "$API_PORT" "$KUBECONFIG_OUT" ;;
+  start-second-apiserver)
+    BIN=$("$ROOT/devtools/scripts/build-control-plane.sh"); ports
+    alive kube-apiserver-second && fail "kube-apiserver-second is running"
+    second_port=$(free_port)
+    sed "s#https://127.0.0.1:$API_PORT#https://127.0.0.1:$second_port#" "$KUBECONFIG_OUT" >"$DIR/kubeconfig-second"
+    chmod 600 "$DIR/kubeconfig-second"
+    start_apiserver kube-apiserver-second "$ETCD_PORT" "$second_port" "$DIR/kubeconfig-second" ;;
+  stop-second-apiserver) stop kube-apiserver-second; log "kube-apiserver-second stopped" ;;
   status) BIN=$("$ROOT/devtools/scripts/build-control-plane.sh"); if is_up; then echo up; else echo down; exit 1; fi ;;
-  *) echo "usage: $0 up|down|status" >&2; exit 2 ;;
+  *) echo "usage: $0 up|down|status|stop-apiserver|start-apiserver|start-second-apiserver|stop-second-apiserver" >&2; exit 2 ;;
 esac

@@ -1,12 +1,13 @@
 //! Status of Plugins (`latestVersion`, `versions`, `installs`, `Accepted`) and PluginVersions
-//! (`Accepted`, the fingerprint that keeps a formal version immutable).
+//! (`Accepted`, the fingerprint that keeps a formal version immutable). Both are looked at again
+//! every [`RESYNC`] (as settled installs are), so a change whose trigger was lost still shows.
 use std::sync::Arc;
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use kube::{Resource, ResourceExt, runtime::controller::Action};
 use semver::Version;
 
-use super::{Context, Error, apply};
+use super::{Context, Error, apply, install::RESYNC};
 use crate::{
     lifecycle::{access, versions},
     resources::{
@@ -33,7 +34,7 @@ pub async fn reconcile_plugin(plugin: Arc<Plugin>, ctx: Arc<Context>) -> Result<
         Time(ctx.clock.now_in_seconds()),
     );
     apply::status(&ctx, &ctx.recent.plugins, &*plugin, &status).await?;
-    Ok(Action::await_change())
+    Ok(Action::requeue(RESYNC))
 }
 
 /// A Plugin's status from its versions and the installs that name it. Pure.
@@ -119,7 +120,7 @@ pub async fn reconcile_version(
         now,
     );
     apply::status(&ctx, &ctx.recent.versions, &*version, &status).await?;
-    Ok(Action::await_change())
+    Ok(Action::requeue(RESYNC))
 }
 
 /// The finalizer that keeps a PluginVersion while installs use it.

@@ -19,6 +19,7 @@ use kube::{
 };
 use serde::de::DeserializeOwned;
 
+use super::watch::{self, Relist};
 use crate::resources::{Plugin, PluginInstall, PluginVersion, names};
 
 /// How often [`Caches::ready`] looks at the stores again.
@@ -104,12 +105,13 @@ impl<K: Clone> Default for Feed<K> {
 
 impl<K: Clone + Send + 'static> Feed<K> {
     /// Objects created or changed from now on (the first list included, when subscribed before
-    /// the watch starts), as a controller's trigger stream.
+    /// the watch starts, and every object again after a relist), as a controller's trigger
+    /// stream.
     pub fn applied(&self) -> impl Stream<Item = Result<K, watcher::Error>> + Send + 'static {
         Self::stream(self.applied.subscribe())
     }
 
-    /// Objects deleted from now on.
+    /// Objects deleted from now on, those a relist no longer finds included.
     pub fn deleted(&self) -> impl Stream<Item = Result<K, watcher::Error>> + Send + 'static {
         Self::stream(self.deleted.subscribe())
     }
@@ -126,16 +128,40 @@ impl<K: Clone + Send + 'static> Feed<K> {
         })
     }
 
-    fn publish(&self, event: &watcher::Event<K>) {
+    /// Publishes what a watch event changed. The objects of a list are published when it is
+    /// done (`InitDone`), once the store holds them (a controller looks each trigger up in the
+    /// store, and would skip one the store does not have yet); with them, each object the store
+    /// held before the list and the list no longer has is published as deleted: it went while
+    /// the watch was down, and its dependents must hear of it.
+    fn publish(&self, event: &watcher::Event<K>, store: &Store<K>, relist: &mut Relist<K>)
+    where
+        K: Resource,
+        K::DynamicType: Default + Eq + std::hash::Hash + Clone,
+    {
         // Nobody listening is fine: then nobody needs to know.
         match event {
-            watcher::Event::Apply(object) | watcher::Event::InitApply(object) => {
+            watcher::Event::Apply(object) => {
                 let _ = self.applied.send(object.clone());
             }
             watcher::Event::Delete(object) => {
                 let _ = self.deleted.send(object.clone());
             }
-            watcher::Event::Init | watcher::Event::InitDone => {}
+            watcher::Event::Init => relist.begin(store.state()),
+            watcher::Event::InitApply(_) => {}
+            watcher::Event::InitDone => {
+                let listed = store.state();
+                let gone = relist.finish(&listed);
+                if !gone.is_empty() {
+                    let kind = K::kind(&K::DynamicType::default()).into_owned();
+                    tracing::info!(%kind, deleted = gone.len(), "a relist found objects deleted while the watch was down");
+                }
+                for object in gone {
+                    let _ = self.deleted.send((*object).clone());
+                }
+                for object in listed {
+                    let _ = self.applied.send((*object).clone());
+                }
+            }
         }
     }
 }
@@ -220,13 +246,15 @@ where
     let kind = K::kind(&K::DynamicType::default()).into_owned();
     let feed = Feed::default();
     let publisher = feed.clone();
+    let store = reader.clone();
+    let mut relist = Relist::default();
     let stream = watcher(api, config)
-        .default_backoff()
+        .backoff(watch::backoff())
         .modify(drop_managed_fields)
         .reflect(writer)
         .inspect(move |event| {
             if let Ok(event) = event {
-                publisher.publish(event);
+                publisher.publish(event, &store, &mut relist);
             }
         });
     drivers.push(drive(stream, kind).boxed());
@@ -245,14 +273,14 @@ where
     let (reader, writer) = reflector::store();
     let kind = K::kind(&K::DynamicType::default()).into_owned();
     let stream = watcher(api, config)
-        .default_backoff()
+        .backoff(watch::backoff())
         .modify(|o: &mut PartialObjectMeta<K>| o.managed_fields_mut().clear())
         .reflect(writer);
     drivers.push(drive(stream, kind).boxed());
     reader
 }
 
-/// Polls a watch stream for ever, logging its errors (the backoff retries them).
+/// Polls a watch stream for ever, logging its errors (the backoff retries them, [`watch::backoff`]).
 async fn drive<K: Debug, S>(stream: S, kind: String)
 where
     S: Stream<Item = Result<watcher::Event<K>, watcher::Error>> + Send,

@@ -1,6 +1,7 @@
 //! What the controllers and the HTTP API share at run time: the watch caches and their lookups,
-//! API calls with a timeout ([`call`]), the clock, random secrets, leader election, the admin
-//! server, metrics and telemetry, retry delays. Uses only `resources` and `lifecycle`.
+//! how their watches recover from a cut ([`watch`]), API calls with a timeout ([`call`]), the
+//! clock, random secrets, leader election, the admin server, metrics and telemetry, retry delays
+//! ([`backoff`]). Uses only `resources` and `lifecycle`.
 pub mod admin;
 pub mod backoff;
 pub mod cache;
@@ -11,3 +12,4 @@ mod lookup;
 pub mod metrics;
 pub mod random;
 pub mod telemetry;
+pub mod watch;

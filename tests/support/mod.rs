@@ -95,7 +95,8 @@ pub async fn install_crds(client: &Client) {
 }
 
 /// Runs the operator in this process on its own threads, as `plugin-operator run` would, with
-/// its log in target/local-cluster/logs/operator-<test binary>.log.
+/// its log in target/local-cluster/logs/operator-<test binary>.log (the logs of
+/// `LOCAL_CLUSTER_DIR` when set).
 fn start_operator() -> Operator {
     let admin_addr = free_addr();
     let api_addr = free_addr();
@@ -108,8 +109,10 @@ fn start_operator() -> Operator {
                 .map(|f| f.to_string_lossy().into_owned())
         })
         .unwrap_or_else(|| "tests".into());
-    let log_dir =
-        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("target/local-cluster/logs");
+    let cluster_dir = std::env::var("LOCAL_CLUSTER_DIR").unwrap_or("target/local-cluster".into());
+    let log_dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join(cluster_dir)
+        .join("logs");
     let _ = std::fs::create_dir_all(&log_dir);
     let log_path = log_dir.join(format!("operator-{binary}.log"));
     let args = RunArgs {

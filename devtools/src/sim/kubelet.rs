@@ -292,7 +292,7 @@ pub async fn run(
         Api::<ConfigMap>::all(client.clone()),
         watcher::Config::default().fields(&format!("metadata.name={OVERRIDES_CONFIG_MAP}")),
     )
-    .default_backoff()
+    .backoff(super::watch_backoff())
     .modify(|cm| cm.managed_fields_mut().clear())
     .reflect(overrides_writer);
     let overrides_task = tokio::spawn(overrides_stream.for_each(|event| async move {
@@ -303,7 +303,7 @@ pub async fn run(
 
     let (pods, pods_writer) = reflector::store::<Pod>();
     let pod_stream = watcher(Api::<Pod>::all(client.clone()), watcher::Config::default())
-        .default_backoff()
+        .backoff(super::watch_backoff())
         .modify(|pod| pod.managed_fields_mut().clear())
         .reflect(pods_writer);
     let mut pod_stream = pin!(pod_stream);

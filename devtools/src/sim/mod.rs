@@ -20,6 +20,19 @@ pub mod timeline;
 /// How long one request to the API server may take.
 pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// The watches' backoff, as short as the operator's (250 ms doubling, jittered, at most 5 s), so
+/// that after an API server restart the simulated kubelet is back within seconds, as a real one
+/// is, and fault tests time the operator rather than the simulator.
+pub fn watch_backoff() -> kube::runtime::watcher::ExponentialBackoff {
+    backon::ExponentialBuilder::default()
+        .with_min_delay(Duration::from_millis(250))
+        .with_max_delay(Duration::from_millis(2500))
+        .with_factor(2.0)
+        .with_jitter()
+        .without_max_times()
+        .into()
+}
+
 /// The simulated node.
 #[derive(Clone, Debug)]
 pub struct NodeConfig {

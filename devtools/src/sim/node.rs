@@ -181,7 +181,7 @@ pub async fn run(
         nodes.clone(),
         watcher::Config::default().fields(&format!("metadata.name={}", config.name)),
     )
-    .default_backoff();
+    .backoff(super::watch_backoff());
     let mut events = std::pin::pin!(events);
     let mut registered: Option<Registered> = None;
     let mut lease_ticker = tokio::time::interval(LEASE_RENEW);

@@ -30,7 +30,7 @@ use super::{Context, Error, apply, events::Refused};
 use crate::resources::PluginInstall;
 
 pub use observe::{ForeignObject, ReadError, World, observe};
-pub use plan::{ChildrenPlan, CredentialsPlan, Plan, plan, refused};
+pub use plan::{ChildrenPlan, CredentialsPlan, Plan, RESYNC, plan, refused};
 
 pub async fn reconcile(install: Arc<PluginInstall>, ctx: Arc<Context>) -> Result<Action, Error> {
     if !ctx.leader.is_leader() || install.meta().deletion_timestamp.is_some() {
