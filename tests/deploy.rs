@@ -675,13 +675,6 @@ impl Drop for OperatorProcess {
     }
 }
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("a free port")
-        .port()
-}
-
 /// A kubeconfig for the local cluster that authenticates with `token`.
 fn token_kubeconfig(token: &str) -> String {
     let admin = Kubeconfig::read_from(testkit::local_kubeconfig_path()).expect("admin kubeconfig");

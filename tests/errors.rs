@@ -5,40 +5,27 @@ mod support;
 
 use std::time::Duration;
 
-use devtools::testkit::{local_kubeconfig_path, wait_until};
+use devtools::testkit::wait_until;
 use k8s_openapi::{api::core::v1::ResourceQuota, jiff::Timestamp};
 use kube::{Api, api::DeleteParams};
 use plugin_operator::resources::{
     Phase,
     conditions::{READY, reason},
 };
-use serde_json::{Value, json};
+use serde_json::json;
 use support::*;
 
 /// The times the API server received a `patch` of Service `namespace/name`, from its audit log.
 fn service_patches(namespace: &str, name: &str) -> Vec<Timestamp> {
-    let logs = local_kubeconfig_path()
-        .parent()
-        .expect("the cluster's directory")
-        .join("logs");
-    let mut times: Vec<Timestamp> = std::fs::read_dir(&logs)
-        .expect("the cluster's logs")
-        .flatten()
-        .filter(|e| e.file_name().to_string_lossy().starts_with("audit"))
-        .flat_map(|e| {
-            std::fs::read_to_string(e.path())
-                .unwrap_or_default()
-                .lines()
-                .filter_map(|l| serde_json::from_str::<Value>(l).ok())
-                .filter(|e| {
-                    e["verb"] == "patch"
-                        && e["objectRef"]["resource"] == "services"
-                        && e["objectRef"]["namespace"] == namespace
-                        && e["objectRef"]["name"] == name
-                })
-                .filter_map(|e| e["requestReceivedTimestamp"].as_str()?.parse().ok())
-                .collect::<Vec<_>>()
+    let mut times: Vec<Timestamp> = audit_events()
+        .into_iter()
+        .filter(|e| {
+            e["verb"] == "patch"
+                && e["objectRef"]["resource"] == "services"
+                && e["objectRef"]["namespace"] == namespace
+                && e["objectRef"]["name"] == name
         })
+        .filter_map(|e| e["requestReceivedTimestamp"].as_str()?.parse().ok())
         .collect();
     times.sort();
     times

@@ -34,13 +34,6 @@ impl Drop for Operator {
     }
 }
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("free port")
-}
-
 fn start(identity: &str, lease_namespace: &str) -> Operator {
     let logs = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("target/local-cluster/logs");
     let _ = std::fs::create_dir_all(&logs);

@@ -13,7 +13,7 @@ use devtools::testkit::{self, local_kubeconfig_path, wait_until};
 use k8s_openapi::jiff::Timestamp;
 use kube::Api;
 use plugin_operator::resources::{Phase, Plugin, PluginInstall, PluginVersion};
-use serde_json::{Value, json};
+use serde_json::json;
 use support::*;
 
 const INSTALLS: usize = 200;
@@ -30,13 +30,6 @@ impl Drop for Operator {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("free port")
 }
 
 fn start(name: &str) -> Operator {
@@ -88,37 +81,24 @@ fn sum(metrics: &[(String, f64)], prefix: &str) -> f64 {
 
 /// Writes in `namespace` received after `since`, from the API server's audit log.
 fn writes_since(namespace: &str, since: Timestamp) -> Vec<String> {
-    let logs = local_kubeconfig_path()
-        .parent()
-        .expect("cluster dir")
-        .join("logs");
-    std::fs::read_dir(&logs)
-        .expect("logs")
-        .flatten()
-        .filter(|e| e.file_name().to_string_lossy().starts_with("audit"))
-        .flat_map(|e| {
-            std::fs::read_to_string(e.path())
-                .unwrap_or_default()
-                .lines()
-                .filter_map(|l| serde_json::from_str::<Value>(l).ok())
-                .filter(|e| {
-                    e["objectRef"]["namespace"] == namespace
-                        && WRITE_VERBS.iter().any(|v| e["verb"] == *v)
-                        && e["requestReceivedTimestamp"]
-                            .as_str()
-                            .and_then(|t| t.parse::<Timestamp>().ok())
-                            .is_some_and(|t| t > since)
-                })
-                .map(|e| {
-                    format!(
-                        "{} {}/{} {}",
-                        e["verb"].as_str().unwrap_or(""),
-                        e["objectRef"]["resource"].as_str().unwrap_or(""),
-                        e["objectRef"]["name"].as_str().unwrap_or(""),
-                        e["objectRef"]["subresource"].as_str().unwrap_or("")
-                    )
-                })
-                .collect::<Vec<_>>()
+    audit_events()
+        .into_iter()
+        .filter(|e| {
+            e["objectRef"]["namespace"] == namespace
+                && WRITE_VERBS.iter().any(|v| e["verb"] == *v)
+                && e["requestReceivedTimestamp"]
+                    .as_str()
+                    .and_then(|t| t.parse::<Timestamp>().ok())
+                    .is_some_and(|t| t > since)
+        })
+        .map(|e| {
+            format!(
+                "{} {}/{} {}",
+                e["verb"].as_str().unwrap_or(""),
+                e["objectRef"]["resource"].as_str().unwrap_or(""),
+                e["objectRef"]["name"].as_str().unwrap_or(""),
+                e["objectRef"]["subresource"].as_str().unwrap_or("")
+            )
         })
         .collect()
 }

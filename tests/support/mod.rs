@@ -40,6 +40,32 @@ fn free_addr() -> SocketAddr {
     listener.local_addr().expect("local addr")
 }
 
+/// A port on 127.0.0.1 that nothing listens on now.
+pub fn free_port() -> u16 {
+    free_addr().port()
+}
+
+/// Every event of the local cluster's audit log (`logs/audit*.log`, rotated files included),
+/// one JSON value per line.
+pub fn audit_events() -> Vec<Value> {
+    let logs = testkit::local_kubeconfig_path()
+        .parent()
+        .expect("the kubeconfig is in the cluster's directory")
+        .join("logs");
+    std::fs::read_dir(&logs)
+        .expect("the cluster's logs")
+        .flatten()
+        .filter(|e| e.file_name().to_string_lossy().starts_with("audit"))
+        .flat_map(|e| {
+            std::fs::read_to_string(e.path())
+                .unwrap_or_default()
+                .lines()
+                .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+                .collect::<Vec<_>>()
+        })
+        .collect()
+}
+
 /// Installs the CRDs and starts the operator (once per test binary), then returns a client.
 pub async fn setup() -> Client {
     let client = testkit::client().await;
