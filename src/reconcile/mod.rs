@@ -50,6 +50,8 @@ pub struct Context {
     pub recent: RecentWrites,
     /// Failures in a row per object, for the growing retry delays.
     pub backoffs: Backoffs,
+    /// Every cache has had its first full list (see `timed`); set once, never cleared.
+    pub synced: std::sync::atomic::AtomicBool,
 }
 
 /// What the reconcilers just wrote, per kind (see [`cache::Recent`]).
@@ -342,9 +344,14 @@ where
         Box::pin(async move {
             // No reconcile decides from a cache that has not had its first full list (a restart
             // would count no installs and free versions in use, and write that): each waits for
-            // every cache the reconcilers read. Once they are synced this returns at once.
-            if !ctx.caches.ready().await {
-                return Ok(Action::requeue(Duration::from_secs(1)));
+            // every cache the reconcilers read.
+            // Stores stay ready once listed, so after the first success this costs one load.
+            let synced = &ctx.synced;
+            if !synced.load(std::sync::atomic::Ordering::Acquire) {
+                if !ctx.caches.ready().await {
+                    return Ok(Action::requeue(Duration::from_secs(1)));
+                }
+                synced.store(true, std::sync::atomic::Ordering::Release);
             }
             let key = backoff_key(&*object);
             let started = std::time::Instant::now();
