@@ -149,6 +149,7 @@ fn caches() -> Caches {
         services: filled(Vec::<PartialObjectMeta<Service>>::new()),
         service_accounts: filled(accounts),
         config_maps: filled(Vec::<PartialObjectMeta<ConfigMap>>::new()),
+        freshness: Default::default(),
     }
 }
 

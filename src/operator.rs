@@ -97,7 +97,6 @@ pub async fn run(args: RunArgs) -> Result<(), RunError> {
         health_checker: HealthChecker::new().map_err(RunError::HealthChecker)?,
         recent: Default::default(),
         backoffs: Default::default(),
-        synced: Default::default(),
     });
 
     let admin_listener =

@@ -192,6 +192,55 @@ async fn settled(client: &Client, ns: &str, expected: &BTreeMap<&str, &str>) -> 
     Ok(())
 }
 
+/// How long after `back` every install's Deployment ran its expected version (the operator's
+/// part of converging), and how long until kube-controller-manager had observed each of those
+/// Deployments (its part, which the pods and so `Active` wait for): two figures of one run.
+async fn deployments_written(
+    client: &Client,
+    ns: &str,
+    expected: &BTreeMap<&str, &str>,
+    back: Instant,
+) -> (Duration, Duration) {
+    const VERSION_LABEL: &str = "plugin-operator.dev/version";
+    let api: Api<Deployment> = Api::namespaced(client.clone(), ns);
+    let (mut ours, mut observed) = (None, None);
+    // kube-controller-manager's informers come back from an API server restart on client-go's
+    // backoff (up to 30 s a try): it has taken 24–82 s here, so its deadline is long.
+    while ours.is_none() || observed.is_none() {
+        assert!(
+            back.elapsed() < Duration::from_secs(240),
+            "Deployments not written ({ours:?}) or not observed ({observed:?}) after 240 s"
+        );
+        if let Ok(list) = api.list(&ListParams::default().labels(INSTALL_LABEL)).await {
+            let current: BTreeMap<String, &Deployment> = list
+                .items
+                .iter()
+                .filter_map(|d| Some((d.labels().get(INSTALL_LABEL)?.clone(), d)))
+                .collect();
+            let wanted: Vec<Option<&&Deployment>> =
+                expected.keys().map(|name| current.get(*name)).collect();
+            let on_version = expected.iter().zip(&wanted).all(|((_, version), d)| {
+                d.and_then(|d| d.spec.as_ref()?.template.metadata.as_ref()?.labels.as_ref())
+                    .and_then(|labels| labels.get(VERSION_LABEL))
+                    .is_some_and(|v| v == version)
+            });
+            if on_version && ours.is_none() {
+                ours = Some(back.elapsed());
+            }
+            let all_observed = on_version
+                && wanted.iter().flatten().all(|d| {
+                    let seen = d.status.as_ref().and_then(|s| s.observed_generation);
+                    seen.is_some() && seen >= d.metadata.generation
+                });
+            if all_observed && observed.is_none() {
+                observed = Some(back.elapsed());
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    (ours.unwrap_or_default(), observed.unwrap_or_default())
+}
+
 fn in_use_message(version: &PluginVersion) -> Option<String> {
     version
         .status
@@ -392,6 +441,13 @@ async fn every_install_converges_after_a_restart_under_churn() {
         ("after-1", "1.0.0"),
         ("after-2", "1.0.0"),
     ]);
+    let (ours, controller_manager) = deployments_written(&client, ns, &expected, back).await;
+    println!(
+        "every Deployment on its version {:.1} s after the API server was back (the operator); \
+         all observed by kube-controller-manager {:.1} s after (its deployment controller, beside it)",
+        ours.as_secs_f64(),
+        controller_manager.as_secs_f64()
+    );
     wait_until(
         "every install Active with one of each child",
         Duration::from_secs(120),

@@ -17,7 +17,7 @@ use kube::{
     runtime::{
         Controller,
         controller::{self, Action},
-        reflector::ObjectRef,
+        reflector::{ObjectRef, Store},
     },
 };
 
@@ -50,8 +50,6 @@ pub struct Context {
     pub recent: RecentWrites,
     /// Failures in a row per object, for the growing retry delays.
     pub backoffs: Backoffs,
-    /// Every cache has had its first full list (see `timed`); set once, never cleared.
-    pub synced: std::sync::atomic::AtomicBool,
 }
 
 /// What the reconcilers just wrote, per kind (see [`cache::Recent`]).
@@ -268,7 +266,7 @@ pub fn run(ctx: Arc<Context>, feeds: cache::Feeds) -> impl Future<Output = ()> +
             })
             .reconcile_all_on(ctx.leader.gained())
             .run(
-                timed(install::reconcile, "PluginInstall"),
+                timed(install::reconcile, "PluginInstall", caches.installs.clone()),
                 error_policy::<PluginInstall>,
                 ctx.clone(),
             )
@@ -293,7 +291,7 @@ pub fn run(ctx: Arc<Context>, feeds: cache::Feeds) -> impl Future<Output = ()> +
             })
             .reconcile_all_on(ctx.leader.gained())
             .run(
-                timed(catalog::reconcile_plugin, "Plugin"),
+                timed(catalog::reconcile_plugin, "Plugin", caches.plugins.clone()),
                 error_policy::<Plugin>,
                 ctx.clone(),
             )
@@ -316,7 +314,11 @@ pub fn run(ctx: Arc<Context>, feeds: cache::Feeds) -> impl Future<Output = ()> +
             })
             .reconcile_all_on(ctx.leader.gained())
             .run(
-                timed(catalog::reconcile_version, "PluginVersion"),
+                timed(
+                    catalog::reconcile_version,
+                    "PluginVersion",
+                    caches.versions.clone(),
+                ),
                 error_policy::<PluginVersion>,
                 ctx.clone(),
             )
@@ -328,30 +330,41 @@ pub fn run(ctx: Arc<Context>, feeds: cache::Feeds) -> impl Future<Output = ()> +
     }
 }
 
+/// How long a reconcile waits for stale caches before it gives its place back to the queue.
+const STALE_CACHE_WAIT: Duration = Duration::from_secs(10);
+
 type ReconcileFuture = std::pin::Pin<Box<dyn Future<Output = Result<Action, Error>> + Send>>;
 
 /// Wraps a reconciler with its metrics.
 fn timed<K, F, Fut>(
     reconcile: F,
     kind: &'static str,
+    store: Store<K>,
 ) -> impl Fn(Arc<K>, Arc<Context>) -> ReconcileFuture
 where
-    K: Resource<DynamicType = ()> + Send + Sync + 'static,
+    K: Resource<DynamicType = ()> + Clone + Send + Sync + 'static,
     F: Fn(Arc<K>, Arc<Context>) -> Fut + Send + Sync + Copy + 'static,
     Fut: Future<Output = Result<Action, Error>> + Send + 'static,
 {
     move |object, ctx| {
+        let store = store.clone();
         Box::pin(async move {
-            // No reconcile decides from a cache that has not had its first full list (a restart
-            // would count no installs and free versions in use, and write that): each waits for
-            // every cache the reconcilers read.
-            // Stores stay ready once listed, so after the first success this costs one load.
-            let synced = &ctx.synced;
-            if !synced.load(std::sync::atomic::Ordering::Acquire) {
-                if !ctx.caches.ready().await {
+            // No reconcile decides from caches that are not all current: before their first
+            // full list a restart would count no installs and free versions in use, and write
+            // that; after a watch was cut, an install deleted in the gap would still be cached
+            // and get its children made again. Each waits until every watch is current.
+            let mut object = object;
+            if !ctx.caches.freshness.current() {
+                if !ctx.caches.freshness.wait(STALE_CACHE_WAIT).await {
                     return Ok(Action::requeue(Duration::from_secs(1)));
                 }
-                synced.store(true, std::sync::atomic::Ordering::Release);
+                // The object was read from the store before the wait: read it again. Gone (or
+                // made again under its name) means it was deleted in the gap; its deletion
+                // triggers what depends on it.
+                match store.get(&ObjectRef::from_obj(&*object)) {
+                    Some(current) if current.uid() == object.uid() => object = current,
+                    _ => return Ok(Action::await_change()),
+                }
             }
             let key = backoff_key(&*object);
             let started = std::time::Instant::now();

@@ -12,14 +12,13 @@ use kube::{
     Api, Client, Resource, ResourceExt,
     core::PartialObjectMeta,
     runtime::{
-        WatchStreamExt,
         reflector::{self, Store},
         watcher,
     },
 };
 use serde::de::DeserializeOwned;
 
-use super::watch::{self, Relist};
+use super::watch::{self, Freshness, Relist, Retry, Seen};
 use crate::resources::{Plugin, PluginInstall, PluginVersion, names};
 
 /// How often [`Caches::ready`] looks at the stores again.
@@ -61,6 +60,8 @@ pub struct Caches {
     pub services: Store<PartialObjectMeta<Service>>,
     pub service_accounts: Store<PartialObjectMeta<ServiceAccount>>,
     pub config_maps: Store<PartialObjectMeta<ConfigMap>>,
+    /// Whether every one of these stores is current (listed, its watch not broken since).
+    pub freshness: Freshness,
 }
 
 /// Change feeds of the cached kinds, for the controllers' triggers.
@@ -174,20 +175,23 @@ impl Caches {
     /// spawn (subscribe to the feeds before spawning them, to see the first lists too).
     pub fn new(client: &Client, scope: &Scope) -> (Self, Feeds, Drivers) {
         let owned = watcher::Config::default().labels(&names::managed_selector());
-        let mut drivers: Drivers = Vec::new();
+        let mut watches = Watches {
+            drivers: Vec::new(),
+            freshness: Freshness::default(),
+            answered: Arc::default(),
+        };
 
         let (installs, install_feed) =
-            shared(scope.api(client), watcher::Config::default(), &mut drivers);
-        let (plugins, plugin_feed) =
-            shared(scope.api(client), watcher::Config::default(), &mut drivers);
+            watches.shared(scope.api(client), watcher::Config::default());
+        let (plugins, plugin_feed) = watches.shared(scope.api(client), watcher::Config::default());
         let (versions, version_feed) =
-            shared(scope.api(client), watcher::Config::default(), &mut drivers);
-        let (deployments, deployment_feed) = shared(scope.api(client), owned.clone(), &mut drivers);
-        let (pods, pod_feed) = shared(scope.api(client), owned.clone(), &mut drivers);
-        let services = metadata_only::<Service>(scope.api(client), owned.clone(), &mut drivers);
+            watches.shared(scope.api(client), watcher::Config::default());
+        let (deployments, deployment_feed) = watches.shared(scope.api(client), owned.clone());
+        let (pods, pod_feed) = watches.shared(scope.api(client), owned.clone());
+        let services = watches.metadata_only::<Service>(scope.api(client), owned.clone());
         let service_accounts =
-            metadata_only::<ServiceAccount>(scope.api(client), owned.clone(), &mut drivers);
-        let config_maps = metadata_only::<ConfigMap>(scope.api(client), owned, &mut drivers);
+            watches.metadata_only::<ServiceAccount>(scope.api(client), owned.clone());
+        let config_maps = watches.metadata_only::<ConfigMap>(scope.api(client), owned);
 
         let caches = Self {
             installs,
@@ -198,6 +202,7 @@ impl Caches {
             services,
             service_accounts,
             config_maps,
+            freshness: watches.freshness,
         };
         let feeds = Feeds {
             installs: install_feed,
@@ -206,7 +211,7 @@ impl Caches {
             deployments: deployment_feed,
             pods: pod_feed,
         };
-        (caches, feeds, drivers)
+        (caches, feeds, watches.drivers)
     }
 
     /// Resolves once every cache has its first full list.
@@ -237,59 +242,90 @@ fn drop_managed_fields<K: Resource>(object: &mut K) {
     object.managed_fields_mut().clear();
 }
 
-fn shared<K>(api: Api<K>, config: watcher::Config, drivers: &mut Drivers) -> (Store<K>, Feed<K>)
-where
-    K: Resource + Clone + DeserializeOwned + Debug + Send + Sync + 'static,
-    K::DynamicType: Default + Eq + std::hash::Hash + Clone + Send + Sync,
-{
-    let (reader, writer) = reflector::store();
-    let kind = K::kind(&K::DynamicType::default()).into_owned();
-    let feed = Feed::default();
-    let publisher = feed.clone();
-    let store = reader.clone();
-    let mut relist = Relist::default();
-    let stream = watcher(api, config)
-        .backoff(watch::backoff())
-        .modify(drop_managed_fields)
-        .reflect(writer)
-        .inspect(move |event| {
-            if let Ok(event) = event {
-                publisher.publish(event, &store, &mut relist);
-            }
+/// The watches being set up, and their freshness.
+struct Watches {
+    drivers: Drivers,
+    freshness: Freshness,
+    /// Wakes the watches waiting in their backoff when one hears from the API server again.
+    answered: Arc<tokio::sync::Notify>,
+}
+
+impl Watches {
+    fn shared<K>(&mut self, api: Api<K>, config: watcher::Config) -> (Store<K>, Feed<K>)
+    where
+        K: Resource + Clone + DeserializeOwned + Debug + Send + Sync + 'static,
+        K::DynamicType: Default + Eq + std::hash::Hash + Clone + Send + Sync,
+    {
+        let (reader, writer) = reflector::store();
+        let feed = Feed::default();
+        let publisher = feed.clone();
+        let store = reader.clone();
+        let mut relist = Relist::default();
+        self.add(api, config, writer, move |event| {
+            publisher.publish(event, &store, &mut relist);
         });
-    drivers.push(drive(stream, kind).boxed());
-    (reader, feed)
-}
+        (reader, feed)
+    }
 
-fn metadata_only<K>(
-    api: Api<PartialObjectMeta<K>>,
-    config: watcher::Config,
-    drivers: &mut Drivers,
-) -> Store<PartialObjectMeta<K>>
-where
-    K: Resource + Clone + DeserializeOwned + Debug + Send + Sync + 'static,
-    K::DynamicType: Default + Eq + std::hash::Hash + Clone + Send + Sync,
-{
-    let (reader, writer) = reflector::store();
-    let kind = K::kind(&K::DynamicType::default()).into_owned();
-    let stream = watcher(api, config)
-        .backoff(watch::backoff())
-        .modify(|o: &mut PartialObjectMeta<K>| o.managed_fields_mut().clear())
-        .reflect(writer);
-    drivers.push(drive(stream, kind).boxed());
-    reader
-}
+    fn metadata_only<K>(
+        &mut self,
+        api: Api<PartialObjectMeta<K>>,
+        config: watcher::Config,
+    ) -> Store<PartialObjectMeta<K>>
+    where
+        K: Resource + Clone + DeserializeOwned + Debug + Send + Sync + 'static,
+        K::DynamicType: Default + Eq + std::hash::Hash + Clone + Send + Sync,
+    {
+        let (reader, writer) = reflector::store();
+        self.add(api, config, writer, |_| {});
+        reader
+    }
 
-/// Polls a watch stream for ever, logging its errors (the backoff retries them, [`watch::backoff`]).
-async fn drive<K: Debug, S>(stream: S, kind: String)
-where
-    S: Stream<Item = Result<watcher::Event<K>, watcher::Error>> + Send,
-{
-    let mut stream = std::pin::pin!(stream);
-    while let Some(event) = stream.next().await {
-        if let Err(error) = event {
-            tracing::warn!(%kind, %error, "watch error; retrying with backoff");
-        }
+    /// Keeps `writer`'s store filled from a watch, calling `on_event` after each event is in
+    /// the store.
+    fn add<K>(
+        &mut self,
+        api: Api<K>,
+        config: watcher::Config,
+        mut writer: reflector::store::Writer<K>,
+        mut on_event: impl FnMut(&watcher::Event<K>) + Send + 'static,
+    ) where
+        K: Resource + Clone + DeserializeOwned + Debug + Send + Sync + 'static,
+        K::DynamicType: Default + Eq + std::hash::Hash + Clone + Send + Sync,
+    {
+        let kind = K::kind(&K::DynamicType::default()).into_owned();
+        let health = self.freshness.watch(&kind);
+        let mut retry = Retry::new(self.answered.clone());
+        let driver = async move {
+            loop {
+                // A new watcher lists first: after a failure nothing is taken on trust (see
+                // `watch`); after 410 Gone kube's watcher lists again by itself.
+                let mut stream = std::pin::pin!(watcher(api.clone(), config.clone()));
+                while let Some(item) = stream.next().await {
+                    match item {
+                        Ok(event) => {
+                            let event = event.modify(drop_managed_fields);
+                            writer.apply_watcher_event(&event);
+                            on_event(&event);
+                            health.saw(Seen::of(&event));
+                            retry.answered();
+                        }
+                        Err(error) => {
+                            health.saw(Seen::Error);
+                            tracing::warn!(%kind, %error, "watch error; listing again");
+                            let gone = watch::is_gone(&error);
+                            if let Some(wait) = retry.failed(&error) {
+                                retry.wait(wait).await;
+                            }
+                            if !gone {
+                                break;
+                            }
+                        }
+                    }
+                }
+            }
+        };
+        self.drivers.push(driver.boxed());
     }
 }
 
