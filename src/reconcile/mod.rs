@@ -34,6 +34,7 @@ use crate::{
         leader::LeaderState,
         metrics::Metrics,
         random::RandomError,
+        watch::Fresh,
     },
 };
 
@@ -353,19 +354,17 @@ where
             // full list a restart would count no installs and free versions in use, and write
             // that; after a watch was cut, an install deleted in the gap would still be cached
             // and get its children made again. Each waits until every watch is current.
-            let mut object = object;
-            if !ctx.caches.freshness.current() {
-                if !ctx.caches.freshness.wait(STALE_CACHE_WAIT).await {
-                    return Ok(Action::requeue(Duration::from_secs(1)));
-                }
-                // The object was read from the store before the wait: read it again. Gone (or
-                // made again under its name) means it was deleted in the gap; its deletion
-                // triggers what depends on it.
-                match store.get(&ObjectRef::from_obj(&*object)) {
-                    Some(current) if current.uid() == object.uid() => object = current,
-                    _ => return Ok(Action::await_change()),
-                }
-            }
+            let object = match ctx
+                .caches
+                .freshness
+                .current_version(&store, object, STALE_CACHE_WAIT)
+                .await
+            {
+                Fresh::Current(object) => object,
+                // Its deletion triggers what depends on it.
+                Fresh::Gone => return Ok(Action::await_change()),
+                Fresh::Stale => return Ok(Action::requeue(Duration::from_secs(1))),
+            };
             let key = backoff_key(&*object);
             let started = std::time::Instant::now();
             let result = reconcile(object, ctx.clone()).await;

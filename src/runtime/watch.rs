@@ -21,6 +21,7 @@ use std::{
 use kube::{
     Resource, ResourceExt,
     runtime::{
+        reflector::{ObjectRef, Store},
         utils::Backoff,
         watcher::{self, ExponentialBackoff},
     },
@@ -188,10 +189,46 @@ impl Freshness {
         tokio::time::timeout(deadline, wait).await.is_ok()
     }
 
+    /// `object`, read from `store` when every watch is current: at once when they are; else
+    /// after waiting (at most `deadline`) for them, and then read again, since it was read
+    /// from a stale store. An object the relisted store no longer holds (or holds under another
+    /// uid) was deleted in the gap.
+    pub async fn current_version<K>(
+        &self,
+        store: &Store<K>,
+        object: Arc<K>,
+        deadline: Duration,
+    ) -> Fresh<K>
+    where
+        K: Resource + Clone + 'static,
+        K::DynamicType: Eq + std::hash::Hash + Clone + Default,
+    {
+        if self.current() {
+            return Fresh::Current(object);
+        }
+        if !self.wait(deadline).await {
+            return Fresh::Stale;
+        }
+        match store.get(&ObjectRef::from_obj(&*object)) {
+            Some(current) if current.uid() == object.uid() => Fresh::Current(current),
+            _ => Fresh::Gone,
+        }
+    }
+
     fn lock(&self) -> std::sync::MutexGuard<'_, Vec<(String, WatchState)>> {
         // A holder never panics while it holds the lock (it only reads or assigns a state).
         self.watches.lock().unwrap_or_else(|e| e.into_inner())
     }
+}
+
+/// An object as [`Freshness::current_version`] found it.
+#[derive(Debug)]
+pub enum Fresh<K> {
+    Current(Arc<K>),
+    /// Deleted while the watches were catching up.
+    Gone,
+    /// The watches are not current yet.
+    Stale,
 }
 
 /// One watch's part of [`Freshness`].
@@ -322,6 +359,59 @@ mod tests {
     fn same_name_in_another_namespace_is_another_object() {
         let gone = vanished(vec![object("a", "x", "1")], &[object("b", "x", "1")]);
         assert_eq!(names(&gone), ["a/x"]);
+    }
+
+    #[tokio::test]
+    async fn an_object_read_before_the_caches_were_current_is_read_again() {
+        let freshness = Freshness::default();
+        let watch = freshness.watch("ConfigMap");
+        let (store, mut writer) = kube::runtime::reflector::store::<ConfigMap>();
+        let (kept, deleted) = (object("a", "kept", "1"), object("a", "deleted", "2"));
+        for o in [&kept, &deleted] {
+            writer.apply_watcher_event(&watcher::Event::Apply((**o).clone()));
+        }
+        let wait = Duration::from_millis(100);
+        assert!(matches!(
+            freshness.current_version(&store, kept.clone(), wait).await,
+            Fresh::Stale
+        ));
+        // The relist holds a newer `kept` and no `deleted`.
+        let mut newer = (*kept).clone();
+        newer.data = Some([("k".to_owned(), "v".to_owned())].into());
+        let read = freshness.current_version(&store, kept, Duration::from_secs(30));
+        let (found, ()) = tokio::join!(read, async {
+            tokio::task::yield_now().await;
+            for event in [
+                watcher::Event::Init,
+                watcher::Event::InitApply(newer),
+                watcher::Event::InitDone,
+            ] {
+                writer.apply_watcher_event(&event);
+                watch.saw(Seen::of(&event));
+            }
+        });
+        match found {
+            Fresh::Current(current) => assert!(current.data.is_some(), "the relisted version"),
+            other => panic!("{other:?}"),
+        }
+        // Read before the wait (stale), gone after it.
+        watch.saw(Seen::Error);
+        let read = freshness.current_version(&store, deleted, Duration::from_secs(30));
+        let (found, ()) = tokio::join!(read, async {
+            tokio::task::yield_now().await;
+            watch.saw(Seen::ListBegins);
+            watch.saw(Seen::Listed);
+        });
+        assert!(matches!(found, Fresh::Gone), "{found:?}");
+        // Made again under its name while the watch was down: another object.
+        watch.saw(Seen::Error);
+        let read =
+            freshness.current_version(&store, object("a", "kept", "old"), Duration::from_secs(30));
+        let (found, ()) = tokio::join!(read, async {
+            tokio::task::yield_now().await;
+            watch.saw(Seen::Listed);
+        });
+        assert!(matches!(found, Fresh::Gone), "{found:?}");
     }
 
     #[test]
