@@ -30,7 +30,7 @@ use kube::{
     api::{DeleteParams, PostParams},
     config::Kubeconfig,
 };
-use plugin_operator::resources::{Phase, PluginInstall};
+use plugin_operator::resources::{Phase, PluginInstall, PluginJob};
 use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
 use support::*;
@@ -1090,7 +1090,7 @@ async fn rendered_manifest_installs_and_its_rbac_runs_the_operator() {
         &tenant,
         Some(
             json!({"install_id": uid, "name": "sign-in", "identifier": "entry:1",
-                    "payload": {"entry": 1}}),
+                    "payload": {"entry": 1}, "ttl_seconds_after_finished": 0}),
         ),
     )
     .await;
@@ -1105,6 +1105,23 @@ async fn rendered_manifest_installs_and_its_rbac_runs_the_operator() {
     )
     .await;
     assert_eq!(status, StatusCode::OK, "settle: {body}");
+    // With a time to live of 0 the operator deletes the settled job at once.
+    let jobs: Api<PluginJob> = Api::namespaced(client.clone(), &ns.name);
+    wait_until("the settled job to be deleted", DEADLINE, || async {
+        let left = jobs
+            .list(&Default::default())
+            .await
+            .map_err(|e| e.to_string())?;
+        match left
+            .items
+            .iter()
+            .find(|j| j.metadata.uid.as_deref() == Some(job.as_str()))
+        {
+            None => Ok(()),
+            Some(_) => Err("still there".to_owned()),
+        }
+    })
+    .await;
 
     let (status, body) = call_api(
         &api_addr,

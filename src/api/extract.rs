@@ -39,6 +39,7 @@ impl<E: ErrorShape> FromRequestParts<ApiState> for Authenticated<E> {
         }
         let token = token(&parts.headers, E::X_AUTH_TOKEN)?;
         let caller = state.auth().authenticate(&token).await?;
+        super::observe::CallerName::record(parts, &caller.user.username);
         Ok(Self {
             caller,
             _seed: PhantomData,
