@@ -590,8 +590,7 @@ async fn a_settled_job_is_deleted_after_its_time_to_live() {
     let listed = jobs.list(&Default::default()).await.expect("list").items;
     let short = by_uid(&ids[0], &listed).expect("the short-lived job");
     assert_eq!(short.spec.ttl_seconds_after_finished, Some(2));
-    let stored: Value =
-        serde_json::to_value(&by_uid(&ids[1], &listed).expect("job")).expect("json");
+    let stored: Value = serde_json::to_value(by_uid(&ids[1], &listed).expect("job")).expect("json");
     assert!(
         stored["spec"].get("ttlSecondsAfterFinished").is_none(),
         "omitted when not given: {stored}"
