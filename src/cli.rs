@@ -102,8 +102,8 @@ pub struct RunArgs {
     /// with `Retry-After` after that).
     #[arg(long, default_value_t = 30, value_parser = clap::value_parser!(u64).range(1..))]
     pub api_request_timeout_seconds: u64,
-    /// Largest request body the HTTP API reads, in bytes.
-    #[arg(long, default_value_t = 1_048_576, value_parser = clap::value_parser!(u64).range(1..))]
+    /// Largest request body the HTTP API reads, in bytes (at most 1 MiB, the default).
+    #[arg(long, default_value_t = 1_048_576, value_parser = clap::value_parser!(u64).range(1..=1_048_576))]
     pub api_body_limit_bytes: u64,
     /// Requests the HTTP API handles at once; one more is answered 503 with `Retry-After`
     /// at once instead of waiting.
