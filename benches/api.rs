@@ -9,6 +9,10 @@
 //! printed to show it. The load generator runs in the same process (its own runtime), one
 //! keep-alive connection per client, so the two share the machine's cores.
 //!
+//! The server is built as `plugin-operator run` builds it (`api::server::app` and `serve`: the
+//! default limits, access log and metrics); the access log goes nowhere here (no subscriber).
+//! The default concurrency limit (256) is above the 64 connections of the largest case.
+//!
 //! `BENCH_SECONDS` (default 3) sets how long each case runs.
 use std::{
     sync::{
@@ -32,9 +36,10 @@ use plugin_operator::{
         self, ApiState,
         backend::{Access, Backend, IssuedToken, User},
         error::ApiError,
+        server::{self, Limits},
     },
     resources::{Plugin, PluginInstall, PluginVersion},
-    runtime::{cache::Caches, clock::Clock},
+    runtime::{cache::Caches, clock::Clock, metrics::HttpMetrics},
 };
 use serde_json::json;
 
@@ -177,12 +182,24 @@ fn serve() -> (std::net::SocketAddr, Arc<Fake>) {
             );
             state.set_ready(true);
             let router = api::router(state).route("/noop", axum::routing::get(|| async { "ok" }));
+            // Behind the same layers as `plugin-operator run` (default limits), the metrics
+            // counted as there (a registry nobody reads).
+            let limits = Limits::default();
+            let mut registry = prometheus_client::registry::Registry::default();
+            let app = server::app(router, &limits, HttpMetrics::register(&mut registry));
             let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
                 .await
                 .expect("bind");
             tx.send(listener.local_addr().expect("addr"))
                 .expect("send the address");
-            axum::serve(listener, router).await.expect("serve");
+            server::serve(
+                listener,
+                app,
+                limits.header_read_timeout,
+                std::future::pending(),
+            )
+            .await
+            .expect("serve");
         });
     });
     (rx.recv().expect("the server's address"), backend)

@@ -1,7 +1,9 @@
 //! The command line: `plugin-operator run` and `plugin-operator crds`.
-use std::net::SocketAddr;
+use std::{net::SocketAddr, time::Duration};
 
 use clap::{Args, Parser, Subcommand};
+
+use crate::api::server::{Limits, Rate};
 
 #[derive(Parser, Debug)]
 #[command(
@@ -17,7 +19,7 @@ pub struct Cli {
 #[derive(Subcommand, Debug)]
 pub enum Command {
     /// Run the operator: controllers (on the Lease holder), HTTP API and admin server.
-    Run(RunArgs),
+    Run(Box<RunArgs>),
     /// Print the CustomResourceDefinitions as YAML (or write one file per kind).
     Crds(CrdsArgs),
 }
@@ -78,6 +80,74 @@ pub struct RunArgs {
     /// Seconds a plugin's refresh token lives (seed 003).
     #[arg(long, default_value_t = 259_200, value_parser = clap::value_parser!(i64).range(1..))]
     pub plugin_refresh_token_seconds: i64,
+    /// Refresh tokens kept per install (seed 003); issuing one more revokes the oldest.
+    #[arg(long, default_value_t = 100, value_parser = clap::value_parser!(u64).range(1..))]
+    pub max_refresh_tokens: u64,
+    /// Seconds a settled PluginJob is kept before it is deleted, unless its
+    /// `spec.ttlSecondsAfterFinished` says otherwise.
+    #[arg(long, default_value_t = 604_800, value_parser = clap::value_parser!(i64).range(0..))]
+    pub job_ttl_seconds: i64,
+    /// Name of the leader-election Lease (two releases in one namespace need two names).
+    #[arg(
+        long,
+        env = "PLUGIN_OPERATOR_LEASE_NAME",
+        default_value = "plugin-operator-leader"
+    )]
+    pub lease_name: String,
+    /// Seconds a client has to send a request's head to the HTTP API; a keep-alive connection
+    /// idle this long is closed too.
+    #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..))]
+    pub api_header_read_timeout_seconds: u64,
+    /// Seconds within which the HTTP API answers a request, reading its body included (503
+    /// with `Retry-After` after that).
+    #[arg(long, default_value_t = 30, value_parser = clap::value_parser!(u64).range(1..))]
+    pub api_request_timeout_seconds: u64,
+    /// Largest request body the HTTP API reads, in bytes (at most 1 MiB, the default).
+    #[arg(long, default_value_t = 1_048_576, value_parser = clap::value_parser!(u64).range(1..=1_048_576))]
+    pub api_body_limit_bytes: u64,
+    /// Requests the HTTP API handles at once; one more is answered 503 with `Retry-After`
+    /// at once instead of waiting.
+    #[arg(long, default_value_t = 256, value_parser = clap::value_parser!(u64).range(1..))]
+    pub api_max_concurrent_requests: u64,
+    /// `POST /a/auth/v0/token` requests per minute per client id (after the burst).
+    #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u32).range(1..))]
+    pub token_rate_per_client: u32,
+    /// `POST /a/auth/v0/token` requests a client id may make at once before the rate applies.
+    #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u32).range(1..))]
+    pub token_burst_per_client: u32,
+    /// `POST /a/auth/v0/token` requests per minute per peer IP address (after the burst).
+    #[arg(long, default_value_t = 120, value_parser = clap::value_parser!(u32).range(1..))]
+    pub token_rate_per_peer: u32,
+    /// `POST /a/auth/v0/token` requests a peer IP address may make at once.
+    #[arg(long, default_value_t = 60, value_parser = clap::value_parser!(u32).range(1..))]
+    pub token_burst_per_peer: u32,
+}
+
+impl RunArgs {
+    /// `plugin-operator run` with these flags (and the defaults for the rest): for tests.
+    pub fn from_flags<'a>(flags: impl IntoIterator<Item = &'a str>) -> Result<Self, clap::Error> {
+        let cli = Cli::try_parse_from(["plugin-operator", "run"].into_iter().chain(flags))?;
+        match cli.command {
+            Command::Run(args) => Ok(*args),
+            Command::Crds(_) => Err(clap::Error::new(clap::error::ErrorKind::InvalidSubcommand)),
+        }
+    }
+
+    /// The HTTP API's limits these flags set.
+    pub fn api_limits(&self) -> Limits {
+        Limits {
+            header_read_timeout: Duration::from_secs(self.api_header_read_timeout_seconds),
+            request_timeout: Duration::from_secs(self.api_request_timeout_seconds),
+            body_limit: usize::try_from(self.api_body_limit_bytes).unwrap_or(usize::MAX),
+            max_concurrent_requests: usize::try_from(self.api_max_concurrent_requests)
+                .unwrap_or(usize::MAX),
+            token_rate_per_client: Rate::new(
+                self.token_rate_per_client,
+                self.token_burst_per_client,
+            ),
+            token_rate_per_peer: Rate::new(self.token_rate_per_peer, self.token_burst_per_peer),
+        }
+    }
 }
 
 fn default_identity() -> String {

@@ -15,7 +15,7 @@ async fn main() -> std::process::ExitCode {
         },
         Command::Run(args) => {
             plugin_operator::runtime::telemetry::init(args.log_json);
-            match plugin_operator::run(args).await {
+            match plugin_operator::run(*args).await {
                 Ok(()) => std::process::ExitCode::SUCCESS,
                 Err(err) => {
                     tracing::error!(error = %err, "plugin-operator stopped");

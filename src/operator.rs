@@ -1,5 +1,5 @@
 //! Wires the parts together for `plugin-operator run`.
-use std::{future::IntoFuture, sync::Arc};
+use std::sync::Arc;
 
 use prometheus_client::registry::Registry;
 use tokio::net::TcpListener;
@@ -13,7 +13,7 @@ use crate::{
         cache::{Caches, Scope},
         clock::Clock,
         leader::{Election, LeaderState, LeaseTimings},
-        metrics::Metrics,
+        metrics::{HttpMetrics, Metrics},
     },
 };
 
@@ -60,6 +60,7 @@ pub async fn run(args: RunArgs) -> Result<(), RunError> {
     };
     let mut registry = Registry::default();
     let metrics = Metrics::register(&mut registry);
+    let http_metrics = HttpMetrics::register(&mut registry);
     let admin_state = admin::AdminState::new(registry);
 
     let (caches, feeds, drivers) = Caches::new(&client, &scope);
@@ -80,12 +81,25 @@ pub async fn run(args: RunArgs) -> Result<(), RunError> {
             duration: args.lease_duration,
             renew_before: args.lease_renew_before,
         };
-        let election = Election::start(client.clone(), &args.lease_namespace, &identity, timings)
-            .await
-            .map_err(RunError::Election)?;
+        let election = Election::start(
+            client.clone(),
+            &args.lease_namespace,
+            &args.lease_name,
+            &identity,
+            timings,
+        )
+        .await
+        .map_err(RunError::Election)?;
         (election.state.clone(), Some(election), None)
     };
 
+    // Settled PluginJobs go after their time to live (the Lease holder deletes them).
+    let job_ttl = reconcile::jobs::run(reconcile::jobs::JobTtl {
+        api: scope.api(&client),
+        leader: leader.clone(),
+        clock: clock.clone(),
+        default_ttl_seconds: args.job_ttl_seconds,
+    });
     let ctx = Arc::new(Context {
         client: client.clone(),
         caches: caches.clone(),
@@ -107,8 +121,14 @@ pub async fn run(args: RunArgs) -> Result<(), RunError> {
                 source,
             })?;
     tracing::info!(addr = %args.admin_addr, "admin server listening");
-    let admin_server = axum::serve(admin_listener, admin::router(admin_state.clone()))
-        .with_graceful_shutdown(shutdown_signal());
+    let limits = args.api_limits();
+    // The admin port has its own server, so /readyz and /metrics answer while the API sheds.
+    let admin_server = api::server::serve(
+        admin_listener,
+        admin::router(admin_state.clone()),
+        limits.header_read_timeout,
+        shutdown_signal(),
+    );
 
     // Every replica serves the HTTP API from its caches (SPEC §4).
     let api_state = api::ApiState::new(
@@ -128,11 +148,16 @@ pub async fn run(args: RunArgs) -> Result<(), RunError> {
         api::routes::plugin_services::Settings {
             access_token_seconds: args.plugin_access_token_seconds,
             refresh_token_seconds: args.plugin_refresh_token_seconds,
+            max_refresh_tokens: usize::try_from(args.max_refresh_tokens).unwrap_or(usize::MAX),
         }
         .extension(),
     );
-    let api_server =
-        axum::serve(api_listener, api_router).with_graceful_shutdown(shutdown_signal());
+    let api_server = api::server::serve(
+        api_listener,
+        api::server::app(api_router, &limits, http_metrics),
+        limits.header_read_timeout,
+        shutdown_signal(),
+    );
 
     let readiness = {
         let caches = caches.clone();
@@ -152,10 +177,11 @@ pub async fn run(args: RunArgs) -> Result<(), RunError> {
         tokio::spawn(driver);
     }
     let controllers = tokio::spawn(controllers);
+    let job_ttl = tokio::spawn(job_ttl);
 
-    let (admin_served, api_served) =
-        tokio::join!(admin_server.into_future(), api_server.into_future());
+    let (admin_served, api_served) = tokio::join!(admin_server, api_server);
     controllers.abort();
+    job_ttl.abort();
     if let Some(election) = election {
         election.step_down().await;
     }

@@ -30,7 +30,7 @@ use kube::{
     api::{DeleteParams, PostParams},
     config::Kubeconfig,
 };
-use plugin_operator::resources::{Phase, PluginInstall};
+use plugin_operator::resources::{Phase, PluginInstall, PluginJob};
 use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
 use support::*;
@@ -1090,7 +1090,7 @@ async fn rendered_manifest_installs_and_its_rbac_runs_the_operator() {
         &tenant,
         Some(
             json!({"install_id": uid, "name": "sign-in", "identifier": "entry:1",
-                    "payload": {"entry": 1}}),
+                    "payload": {"entry": 1}, "ttl_seconds_after_finished": 0}),
         ),
     )
     .await;
@@ -1105,6 +1105,23 @@ async fn rendered_manifest_installs_and_its_rbac_runs_the_operator() {
     )
     .await;
     assert_eq!(status, StatusCode::OK, "settle: {body}");
+    // With a time to live of 0 the operator deletes the settled job at once.
+    let jobs: Api<PluginJob> = Api::namespaced(client.clone(), &ns.name);
+    wait_until("the settled job to be deleted", DEADLINE, || async {
+        let left = jobs
+            .list(&Default::default())
+            .await
+            .map_err(|e| e.to_string())?;
+        match left
+            .items
+            .iter()
+            .find(|j| j.metadata.uid.as_deref() == Some(job.as_str()))
+        {
+            None => Ok(()),
+            Some(_) => Err("still there".to_owned()),
+        }
+    })
+    .await;
 
     let (status, body) = call_api(
         &api_addr,
@@ -1183,4 +1200,102 @@ async fn rendered_manifest_installs_and_its_rbac_runs_the_operator() {
 
     drop(ns);
     kubectl(&["delete", "-f", DEPLOY, "--ignore-not-found", "--wait=false"]);
+}
+
+#[tokio::test]
+async fn the_network_policy_renders_when_enabled_and_the_api_server_accepts_it() {
+    use k8s_openapi::api::networking::v1::NetworkPolicy;
+
+    assert!(
+        !render(&[]).iter().any(|d| d["kind"] == "NetworkPolicy"),
+        "off by default"
+    );
+    let docs = render(&[
+        "networkPolicy.enabled=true",
+        "networkPolicy.apiFrom[0].namespaceSelector.matchLabels.team=a",
+        "networkPolicy.egress[0].to[0].ipBlock.cidr=10.0.0.1/32",
+        "networkPolicy.egress[0].ports[0].port=6443",
+    ]);
+    let doc = find(&docs, "NetworkPolicy", RELEASE);
+    let policy: NetworkPolicy = serde_json::from_value(doc.clone()).expect("a NetworkPolicy");
+    let spec = policy.spec.expect("spec");
+    let deployment = find(&docs, "Deployment", RELEASE);
+    assert_eq!(
+        serde_json::to_value(spec.pod_selector.as_ref().map(|s| &s.match_labels)).expect("json"),
+        deployment["spec"]["selector"]["matchLabels"],
+        "it selects the operator's pods"
+    );
+    assert_eq!(
+        spec.policy_types,
+        Some(vec!["Ingress".to_owned(), "Egress".to_owned()])
+    );
+    let ingress = spec.ingress.expect("ingress");
+    let port = |rule: &k8s_openapi::api::networking::v1::NetworkPolicyIngressRule| {
+        serde_json::to_value(&rule.ports).expect("json")
+    };
+    assert_eq!(
+        port(&ingress[0]),
+        json!([{"port": 8080, "protocol": "TCP"}])
+    );
+    assert_eq!(
+        serde_json::to_value(&ingress[0].from).expect("json"),
+        json!([{"namespaceSelector": {"matchLabels": {"team": "a"}}}])
+    );
+    assert_eq!(
+        port(&ingress[1]),
+        json!([{"port": 8081, "protocol": "TCP"}])
+    );
+    assert!(
+        ingress[1].from.is_none(),
+        "the admin port: anyone by default"
+    );
+    let egress = serde_json::to_value(spec.egress.expect("egress")).expect("json");
+    assert_eq!(
+        egress,
+        json!([
+            {"ports": [{"port": 53, "protocol": "UDP"}, {"port": 53, "protocol": "TCP"}]},
+            {"to": [{"ipBlock": {"cidr": "10.0.0.1/32"}}], "ports": [{"port": 6443}]}
+        ])
+    );
+    // Without egress rules, egress is not restricted.
+    let docs = render(&["networkPolicy.enabled=true"]);
+    assert_eq!(
+        find(&docs, "NetworkPolicy", RELEASE)["spec"]["policyTypes"],
+        json!(["Ingress"])
+    );
+
+    // The API server validates it (a dry-run create).
+    let client = testkit::client().await;
+    let mut policy: NetworkPolicy = serde_json::from_value(doc.clone()).expect("policy");
+    policy.metadata.namespace = Some("default".into());
+    let api: Api<NetworkPolicy> = Api::namespaced(client, "default");
+    let params = PostParams {
+        dry_run: true,
+        ..Default::default()
+    };
+    api.create(&params, &policy)
+        .await
+        .expect("the API server accepts the NetworkPolicy");
+}
+
+#[test]
+fn the_lease_name_is_a_value_and_rbac_follows_it() {
+    let docs = render(&["operator.leaderElection.leaseName=second-release-leader"]);
+    let args =
+        &find(&docs, "Deployment", RELEASE)["spec"]["template"]["spec"]["containers"][0]["args"];
+    assert!(
+        args.as_array()
+            .expect("args")
+            .contains(&json!("--lease-name=second-release-leader")),
+        "{args}"
+    );
+    let role = find(&docs, "Role", "plugin-operator-leader-election");
+    let named: Vec<&Value> = role["rules"]
+        .as_array()
+        .expect("rules")
+        .iter()
+        .filter_map(|r| r["resourceNames"].as_array())
+        .flatten()
+        .collect();
+    assert_eq!(named, [&json!("second-release-leader")]);
 }

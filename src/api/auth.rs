@@ -71,6 +71,11 @@ impl Auth {
 
     /// The caller a token belongs to, or 401.
     pub async fn authenticate(&self, token: &str) -> Result<Caller, ApiError> {
+        if !plausible_token(token) {
+            return Err(unauthenticated(
+                "the token is malformed (printable ASCII only, at most 16 KiB)",
+            ));
+        }
         let key = token_key(token);
         let now = self.clock.now();
         let expires = jwt_expiry(token);
@@ -130,6 +135,18 @@ impl Auth {
             Err(ApiError::Forbidden(access.refusal(&caller.user)))
         }
     }
+}
+
+/// Longest token sent to a TokenReview.
+pub const MAX_TOKEN_BYTES: usize = 16 * 1024;
+
+/// Whether `token` could be a token at all: a refusal that costs no TokenReview (and takes no
+/// place in the cache). Bearer tokens are printable ASCII (RFC 6750's `b64token` and the opaque
+/// tokens Kubernetes accepts alike); ServiceAccount tokens are about 1 KiB.
+pub fn plausible_token(token: &str) -> bool {
+    !token.is_empty()
+        && token.len() <= MAX_TOKEN_BYTES
+        && token.bytes().all(|b| b.is_ascii_graphic())
 }
 
 fn bounded<K, V>() -> Cache<K, V>
@@ -322,6 +339,21 @@ mod tests {
         CLOCK.store(1_060, Ordering::SeqCst);
         auth.authenticate("good-opaque").await.expect("accepted");
         assert_eq!(backend.token_reviews.load(Ordering::SeqCst), 2);
+    }
+
+    #[tokio::test]
+    async fn tokens_that_cannot_be_tokens_cost_no_review() {
+        static CLOCK: AtomicI64 = AtomicI64::new(1_000);
+        let (backend, auth) = auth_at(&CLOCK);
+        for bad in ["good token", "good\u{e9}", &"g".repeat(MAX_TOKEN_BYTES + 1)] {
+            let err = auth.authenticate(bad).await.expect_err("malformed");
+            assert!(matches!(err, ApiError::Unauthenticated(_)), "{err:?}");
+        }
+        assert_eq!(backend.token_reviews.load(Ordering::SeqCst), 0);
+        auth.authenticate(&"good".repeat(100))
+            .await
+            .expect("long but fine");
+        assert_eq!(backend.token_reviews.load(Ordering::SeqCst), 1);
     }
 
     #[tokio::test]

@@ -17,7 +17,7 @@ use super::{
     error::{ApiError, ErrorShape, Issue, SeedError},
 };
 
-/// Largest body the API reads.
+/// Largest body the API reads (`--api-body-limit-bytes` may lower it).
 pub const BODY_LIMIT: usize = 1024 * 1024;
 
 /// The authenticated caller of a route whose errors have the shape `E`.
@@ -39,6 +39,7 @@ impl<E: ErrorShape> FromRequestParts<ApiState> for Authenticated<E> {
         }
         let token = token(&parts.headers, E::X_AUTH_TOKEN)?;
         let caller = state.auth().authenticate(&token).await?;
+        super::observe::CallerName::record(parts, &caller.user.username);
         Ok(Self {
             caller,
             _seed: PhantomData,
@@ -134,9 +135,10 @@ pub async fn json_object(req: Request) -> Result<Map<String, Value>, ApiError> {
             ));
         }
     }
+    // The server's body-limit layer (`--api-body-limit-bytes`, at most this) may end it sooner.
     let bytes = axum::body::to_bytes(req.into_body(), BODY_LIMIT)
         .await
-        .map_err(|_| ApiError::invalid("body", format!("larger than {BODY_LIMIT} bytes")))?;
+        .map_err(|_| ApiError::invalid("body", "larger than the body limit"))?;
     if bytes.iter().all(u8::is_ascii_whitespace) {
         return Err(ApiError::invalid(
             "body",

@@ -20,7 +20,10 @@ pub mod auth;
 pub mod backend;
 pub mod error;
 pub mod extract;
+pub mod observe;
 pub mod routes;
+pub mod server;
+pub mod token_limit;
 
 use std::sync::{
     Arc,

@@ -8,6 +8,7 @@ pub mod build;
 pub mod catalog;
 pub mod events;
 pub mod install;
+pub mod jobs;
 
 use std::{future::Future, sync::Arc, time::Duration};
 

@@ -2,6 +2,7 @@
 //! settles it (`done`, `ignored` or `failed`). It lives in the install's namespace, owned by the
 //! install, so it survives operator restarts and `kubectl get plgj` lists it.
 
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use kube::CustomResource;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
@@ -42,6 +43,13 @@ pub struct PluginJobSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(schema_with = "crate::resources::schema::free_form_object")]
     pub payload: Option<serde_json::Value>,
+    /// Seconds after the job is settled (`done`, `ignored` or `failed`) at which it is
+    /// deleted, as a Job's `ttlSecondsAfterFinished`: 0 deletes it as soon as it is settled.
+    /// When absent, the operator's `--job-ttl-seconds` (7 days unless changed). A pending job is
+    /// never deleted by this.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 0))]
+    pub ttl_seconds_after_finished: Option<i64>,
 }
 
 /// Where a job is.
@@ -82,6 +90,9 @@ pub struct PluginJobStatus {
     /// Results the plugin attached.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub attachments: Vec<Attachment>,
+    /// When the plugin settled it; the job's time to live counts from here.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub settled_at: Option<Time>,
 }
 
 /// A result attached to a settled job.
@@ -92,6 +103,22 @@ pub struct Attachment {
     pub type_: String,
     #[serde(default)]
     pub value: String,
+}
+
+impl PluginJob {
+    /// When the job was settled: `status.settledAt`, or for a job settled before that field
+    /// existed, its creation time. `None` while pending.
+    pub fn settled_at(&self) -> Option<k8s_openapi::jiff::Timestamp> {
+        let status = self.status.as_ref()?;
+        if status.status == JobStatus::Pending {
+            return None;
+        }
+        status
+            .settled_at
+            .as_ref()
+            .or(self.metadata.creation_timestamp.as_ref())
+            .map(|t| t.0)
+    }
 }
 
 #[cfg(test)]

@@ -9,7 +9,7 @@ use tokio_stream::wrappers::WatchStream;
 
 use crate::resources::names::FIELD_MANAGER;
 
-/// Name of the Lease the replicas compete for.
+/// Name of the Lease the replicas compete for, unless `--lease-name` says otherwise.
 pub const LEASE_NAME: &str = "plugin-operator-leader";
 
 /// Whether this replica holds the Lease, shared by the reconcilers.
@@ -57,10 +57,11 @@ impl Election {
     pub async fn start(
         client: Client,
         namespace: &str,
+        lease_name: &str,
         identity: &str,
         timings: LeaseTimings,
     ) -> Result<Self, kube_lease_manager::LeaseManagerError> {
-        let manager = LeaseManagerBuilder::new(client, LEASE_NAME)
+        let manager = LeaseManagerBuilder::new(client, lease_name)
             .with_namespace(namespace)
             .with_identity(identity)
             .with_duration(timings.duration)

@@ -88,3 +88,74 @@ impl Metrics {
             .inc();
     }
 }
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct RequestLabels {
+    /// The route template (`/v1/plugins/{plugin_id}`), never the path itself: ids would make
+    /// one series per object.
+    route: String,
+    method: String,
+    status: u16,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct RouteLabels {
+    route: String,
+    method: String,
+}
+
+/// Prometheus metrics of the HTTP API, per route template.
+#[derive(Clone)]
+pub struct HttpMetrics {
+    requests: Family<RequestLabels, Counter>,
+    duration: Family<RouteLabels, Histogram>,
+}
+
+impl HttpMetrics {
+    /// Creates the metrics and registers them (`plugin_operator_http_requests_total`,
+    /// `plugin_operator_http_request_duration_seconds`).
+    pub fn register(registry: &mut Registry) -> Self {
+        let metrics = Self::unregistered();
+        let sub = registry.sub_registry_with_prefix("plugin_operator");
+        sub.register(
+            "http_requests",
+            "Requests the HTTP API answered, by route template, method and status",
+            metrics.requests.clone(),
+        );
+        sub.register(
+            "http_request_duration_seconds",
+            "Time from a request's head to its answer's head, by route template and method",
+            metrics.duration.clone(),
+        );
+        metrics
+    }
+
+    /// Metrics that no registry exports (unit tests, the benchmark).
+    pub fn unregistered() -> Self {
+        Self {
+            requests: Family::default(),
+            duration: Family::new_with_constructor(|| {
+                Histogram::new([
+                    0.000_5, 0.001, 0.002_5, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
+                    5.0, 10.0,
+                ])
+            }),
+        }
+    }
+
+    pub fn answered(&self, route: &str, method: &str, status: u16, took: Duration) {
+        self.requests
+            .get_or_create(&RequestLabels {
+                route: route.to_owned(),
+                method: method.to_owned(),
+                status,
+            })
+            .inc();
+        self.duration
+            .get_or_create(&RouteLabels {
+                route: route.to_owned(),
+                method: method.to_owned(),
+            })
+            .observe(took.as_secs_f64());
+    }
+}

@@ -31,6 +31,10 @@ pub struct Operator {
     pub admin_addr: SocketAddr,
     pub api_addr: SocketAddr,
     pub catalog_namespace: String,
+    /// Its name in the Lease.
+    pub identity: String,
+    /// Where the test binary's operators log.
+    pub log_path: std::path::PathBuf,
 }
 
 static OPERATOR: OnceLock<Operator> = OnceLock::new();
@@ -67,10 +71,32 @@ pub fn audit_events() -> Vec<Value> {
 }
 
 /// Installs the CRDs and starts the operator (once per test binary), then returns a client.
+/// The token route's rate limits are raised far above what a test binary asks for (the tests
+/// of the limits set their own).
 pub async fn setup() -> Client {
+    setup_with_flags(&[
+        "--token-burst-per-client=1000",
+        "--token-burst-per-peer=10000",
+    ])
+    .await
+}
+
+/// [`setup`] with more flags of `plugin-operator run` for the binary's operator (the first
+/// caller's count; a test binary should pass the same everywhere).
+pub async fn setup_with_flags(flags: &[&str]) -> Client {
     let client = testkit::client().await;
     install_crds(&client).await;
-    let operator = OPERATOR.get_or_init(start_operator);
+    let operator = OPERATOR.get_or_init(|| {
+        let mut all = vec!["--no-leader-election"];
+        all.extend_from_slice(flags);
+        spawn_operator(&all)
+    });
+    wait_ready(operator).await;
+    client
+}
+
+/// Waits until the operator's /readyz answers 200.
+pub async fn wait_ready(operator: &Operator) {
     wait_until("the operator to be ready", DEADLINE, || async {
         let url = format!("http://{}/readyz", operator.admin_addr);
         match reqwest::get(&url).await {
@@ -80,7 +106,6 @@ pub async fn setup() -> Client {
         }
     })
     .await;
-    client
 }
 
 pub fn operator() -> &'static Operator {
@@ -120,10 +145,11 @@ pub async fn install_crds(client: &Client) {
     }
 }
 
-/// Runs the operator in this process on its own threads, as `plugin-operator run` would, with
-/// its log in target/local-cluster/logs/operator-<test binary>.log (the logs of
-/// `LOCAL_CLUSTER_DIR` when set).
-fn start_operator() -> Operator {
+/// Runs an operator in this process on its own threads, as `plugin-operator run` would, with
+/// `flags` (each at most once), its own addresses and identity, its log in
+/// target/local-cluster/logs/operator-<test binary>.log (the logs of `LOCAL_CLUSTER_DIR` when
+/// set; the first operator of a binary sets the process's log, later ones log there too).
+pub fn spawn_operator(flags: &[&str]) -> Operator {
     let admin_addr = free_addr();
     let api_addr = free_addr();
     let catalog_namespace = "plugin-catalog".to_owned();
@@ -141,30 +167,42 @@ fn start_operator() -> Operator {
         .join("logs");
     let _ = std::fs::create_dir_all(&log_dir);
     let log_path = log_dir.join(format!("operator-{binary}.log"));
-    let args = RunArgs {
-        api_addr,
-        admin_addr,
-        catalog_namespace: catalog_namespace.clone(),
-        namespaces: Vec::new(),
-        no_leader_election: true,
-        log_json: false,
-        lease_namespace: "default".into(),
-        lease_duration: 15,
-        lease_renew_before: 5,
-        identity: format!("tests-{binary}"),
-        plugin_access_token_seconds: 43_200,
-        plugin_refresh_token_seconds: 259_200,
+    let log_file = log_path.clone();
+    static SPAWNED: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+    let spawned = SPAWNED.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+    let identity = match spawned {
+        0 => format!("tests-{binary}"),
+        n => format!("tests-{binary}-{n}"),
     };
+    let (api, admin) = (api_addr.to_string(), admin_addr.to_string());
+    let identity_flag = identity.clone();
+    let args = RunArgs::from_flags(
+        [
+            "--api-addr",
+            api.as_str(),
+            "--admin-addr",
+            admin.as_str(),
+            "--catalog-namespace",
+            catalog_namespace.as_str(),
+            "--identity",
+            identity_flag.as_str(),
+        ]
+        .into_iter()
+        .chain(flags.iter().copied()),
+    )
+    .expect("the operator's flags");
     std::thread::spawn(move || {
-        let file = std::fs::File::create(&log_path).expect("create operator log");
-        let subscriber = tracing_subscriber::fmt()
-            .with_env_filter(tracing_subscriber::EnvFilter::new(
-                "info,plugin_operator=debug",
-            ))
-            .with_writer(std::sync::Mutex::new(file))
-            .with_ansi(false)
-            .finish();
-        let _guard = tracing::subscriber::set_global_default(subscriber);
+        if spawned == 0 {
+            let file = std::fs::File::create(&log_file).expect("create operator log");
+            let subscriber = tracing_subscriber::fmt()
+                .with_env_filter(tracing_subscriber::EnvFilter::new(
+                    "info,plugin_operator=debug",
+                ))
+                .with_writer(std::sync::Mutex::new(file))
+                .with_ansi(false)
+                .finish();
+            let _ = tracing::subscriber::set_global_default(subscriber);
+        }
         let runtime = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(2)
             .enable_all()
@@ -178,6 +216,8 @@ fn start_operator() -> Operator {
         admin_addr,
         api_addr,
         catalog_namespace,
+        identity,
+        log_path,
     }
 }
 

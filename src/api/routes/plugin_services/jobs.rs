@@ -74,12 +74,13 @@ fn required_str(body: &Map<String, Value>, name: &str, issues: &mut Vec<Issue>) 
 ///
 /// A Kubernetes token allowed to `create pluginjobs` in the install's namespace, or the
 /// install's own plugin token. The job is a PluginJob in the install's namespace, owned by it
-/// (`kubectl get plgj`), `pending` until the plugin settles it.
+/// (`kubectl get plgj`), `pending` until the plugin settles it, deleted
+/// `ttl_seconds_after_finished` (optional; the operator's default when absent) after that.
 #[utoipa::path(
     post,
     path = "/api/v2/plugin-services/jobs",
     tag = "seed 003",
-    request_body(content = Object, description = "`{install_id, name, identifier, payload}`"),
+    request_body(content = Object, description = "`{install_id, name, identifier, payload, ttl_seconds_after_finished}`"),
     responses(
         (status = 201, body = Object, description = "`{data: {id, name, identifier}}`"),
         (status = 400, body = ErrorBody), (status = 401, body = ErrorBody),
@@ -108,6 +109,17 @@ pub async fn create_job(
             None
         }
     };
+    let ttl_seconds_after_finished = match body.get("ttl_seconds_after_finished") {
+        None | Some(Value::Null) => None,
+        Some(Value::Number(n)) if n.as_i64().is_some_and(|n| n >= 0) => n.as_i64(),
+        Some(other) => {
+            issues.push(Issue::new(
+                "ttl_seconds_after_finished",
+                format!("expected a whole number of seconds, 0 or more, got {other}"),
+            ));
+            None
+        }
+    };
     let (Some(install_id), Some(name), Some(identifier), true) =
         (install_id, name, identifier, issues.is_empty())
     else {
@@ -125,6 +137,7 @@ pub async fn create_job(
             name,
             identifier,
             payload,
+            ttl_seconds_after_finished,
         },
     );
     job.metadata = ObjectMeta {
@@ -238,6 +251,7 @@ pub fn parse_settle(body: &Map<String, Value>) -> std::result::Result<PluginJobS
             status_message,
             failure_reason,
             attachments,
+            settled_at: None,
         }),
         _ => Err(ApiError::Invalid(issues)),
     }
@@ -271,7 +285,10 @@ pub async fn settle_job(
         return Err(ApiError::invalid("jobId", format!("{id:?} is not a job id (a UUID)")).into());
     }
     let body = json_object(request).await?;
-    let status = parse_settle(&body)?;
+    let mut status = parse_settle(&body)?;
+    status.settled_at = Some(k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(
+        state.now(),
+    ));
     let namespace = own.namespace().unwrap_or_default();
     let api: Api<PluginJob> = Api::namespaced(state.client().clone(), &namespace);
     let jobs = with_timeout(api.list(&ListParams::default()))

@@ -44,23 +44,27 @@ use crate::{
         error::{ApiError, ErrorShape, SeedError},
         extract::token,
         is_uid,
+        observe::CallerName,
     },
     resources::{PluginInstall, names::labels},
     runtime::call::{CallError, with_timeout},
 };
 
 pub use storage::{StorageScope, storage_config_map_name};
+pub use token::client_id;
 
 /// The audience of plugin access tokens: a TokenReview for it tells the install.
 pub const AUDIENCE: &str = "plugin-operator.dev/plugin-services";
 
-/// Token lifetimes (`plugin-operator run --plugin-access-token-seconds
-/// --plugin-refresh-token-seconds`), given to the router as an [`axum::Extension`]; the
-/// defaults when absent.
+/// Token lifetimes and the refresh-token cap (`plugin-operator run
+/// --plugin-access-token-seconds --plugin-refresh-token-seconds --max-refresh-tokens`), given
+/// to the router as an [`axum::Extension`]; the defaults when absent.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Settings {
     pub access_token_seconds: i64,
     pub refresh_token_seconds: i64,
+    /// Refresh tokens kept per install: issuing one more revokes the oldest.
+    pub max_refresh_tokens: usize,
 }
 
 impl Default for Settings {
@@ -68,6 +72,7 @@ impl Default for Settings {
         Self {
             access_token_seconds: 43_200,
             refresh_token_seconds: 259_200,
+            max_refresh_tokens: 100,
         }
     }
 }
@@ -83,6 +88,7 @@ impl Settings {
 pub fn routes() -> OpenApiRouter<ApiState> {
     OpenApiRouter::new()
         .routes(routes!(token::token))
+        .route_layer(axum::middleware::from_fn(crate::api::token_limit::limit))
         .routes(routes!(config::get_config, config::put_config))
         .routes(routes!(storage::storage))
         .routes(routes!(jobs::create_job))
@@ -229,9 +235,15 @@ impl FromRequestParts<ApiState> for ServiceCaller {
         }
         let token = token(&parts.headers, false)?;
         if let Some((namespace, install)) = plugin_identity(state, &token).await? {
+            CallerName::record(
+                parts,
+                &format!("system:serviceaccount:{namespace}:{install}"),
+            );
             return Ok(Self::Plugin { namespace, install });
         }
-        Ok(Self::Kube(state.auth().authenticate(&token).await?))
+        let caller = state.auth().authenticate(&token).await?;
+        CallerName::record(parts, &caller.user.username);
+        Ok(Self::Kube(caller))
     }
 }
 

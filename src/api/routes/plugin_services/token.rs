@@ -12,14 +12,14 @@ use axum::{
 use base64::Engine;
 use k8s_openapi::{ByteString, api::core::v1::Secret};
 use kube::{Api, ResourceExt, api::PostParams};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use sha2::{Digest, Sha256};
 use utoipa::ToSchema;
 
 use super::{AUDIENCE, Settings};
 use crate::{
-    api::{ApiState, error::ApiError},
+    api::{ApiState, error::ApiError, observe::CallerName},
     resources::{
         PluginInstall,
         names::{self, FIELD_MANAGER, credentials},
@@ -269,10 +269,44 @@ fn client_credentials(
     }
 }
 
-/// The live refresh-token hashes of a credentials Secret, expired ones left out (none before the
+/// The client id a token request names (Basic auth, else the body), read as the route reads
+/// it: for the route's rate limits.
+pub async fn client_id(headers: &HeaderMap, body: &Bytes) -> Option<String> {
+    let params = parameters(headers, body.clone()).await.unwrap_or_default();
+    client_credentials(headers, &params).ok().map(|(id, _)| id)
+}
+
+/// What the credentials Secret keeps of one refresh token (under its SHA-256): when it expires
+/// (Unix seconds) and when it was issued (Unix milliseconds), which tells the oldest when the
+/// cap is reached.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RefreshRecord {
+    pub expires: i64,
+    pub issued: i64,
+}
+
+/// A record as stored: the object above, or a bare expiry as written before the cap existed
+/// (read as issued at 0: the oldest).
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum Stored {
+    Record(RefreshRecord),
+    Expiry(i64),
+}
+
+impl From<Stored> for RefreshRecord {
+    fn from(stored: Stored) -> Self {
+        match stored {
+            Stored::Record(record) => record,
+            Stored::Expiry(expires) => Self { expires, issued: 0 },
+        }
+    }
+}
+
+/// The live refresh tokens of a credentials Secret, expired ones left out (none before the
 /// first is issued). A record that does not read is an error, not an empty record: writing over
 /// it would revoke every token without a word.
-fn refresh_tokens(secret: &Secret, now: i64) -> Result<BTreeMap<String, i64>> {
+fn refresh_tokens(secret: &Secret, now: i64) -> Result<BTreeMap<String, RefreshRecord>> {
     let Some(stored) = secret
         .data
         .as_ref()
@@ -280,7 +314,7 @@ fn refresh_tokens(secret: &Secret, now: i64) -> Result<BTreeMap<String, i64>> {
     else {
         return Ok(BTreeMap::new());
     };
-    let stored: BTreeMap<String, i64> = serde_json::from_slice(&stored.0).map_err(|err| {
+    let stored: BTreeMap<String, Stored> = serde_json::from_slice(&stored.0).map_err(|err| {
         OAuthError::server_error(format!(
             "the credentials Secret's {} do not read ({err}); rotate the credentials \
              (annotation {}) to start afresh",
@@ -288,7 +322,25 @@ fn refresh_tokens(secret: &Secret, now: i64) -> Result<BTreeMap<String, i64>> {
             credentials::ROTATE_ANNOTATION
         ))
     })?;
-    Ok(stored.into_iter().filter(|(_, exp)| *exp > now).collect())
+    Ok(stored
+        .into_iter()
+        .map(|(hash, stored)| (hash, RefreshRecord::from(stored)))
+        .filter(|(_, record)| record.expires > now)
+        .collect())
+}
+
+/// Drops the oldest records (by issue time) until at most `cap` are left.
+fn keep_newest(tokens: &mut BTreeMap<String, RefreshRecord>, cap: usize) {
+    while tokens.len() > cap {
+        let oldest = tokens
+            .iter()
+            .min_by_key(|(hash, record)| (record.issued, record.expires, hash.as_str()))
+            .map(|(hash, _)| hash.clone());
+        match oldest {
+            Some(hash) => tokens.remove(&hash),
+            None => break,
+        };
+    }
 }
 
 fn client_secret(secret: &Secret) -> Vec<u8> {
@@ -323,11 +375,13 @@ fn client_secret(secret: &Secret) -> Vec<u8> {
 pub async fn token(
     State(state): State<ApiState>,
     settings: Option<axum::Extension<Settings>>,
+    caller_name: Option<axum::Extension<CallerName>>,
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
     let settings = settings.map(|s| s.0).unwrap_or_default();
-    match issue(&state, settings, &headers, body).await {
+    let caller_name = caller_name.map(|c| c.0).unwrap_or_default();
+    match issue(&state, settings, &caller_name, &headers, body).await {
         Ok(answer) => {
             let mut response = Json(answer).into_response();
             let headers = response.headers_mut();
@@ -342,6 +396,7 @@ pub async fn token(
 async fn issue(
     state: &ApiState,
     settings: Settings,
+    caller_name: &CallerName,
     headers: &HeaderMap,
     body: Bytes,
 ) -> Result<TokenResponse> {
@@ -390,8 +445,9 @@ async fn issue(
         tracing::info!(%namespace, install = %name, "token request with a wrong client secret");
         return Err(unknown());
     }
+    // The access log names the client only once its secret is right.
+    caller_name.set(&client_id);
 
-    let now = state.now().as_second();
     let new_refresh = if refresh {
         let secret = random::secret().map_err(|err| {
             OAuthError::server_error(format!("no random refresh token can be made: {err}"))
@@ -407,7 +463,7 @@ async fn issue(
             secret,
             refresh_token.as_deref(),
             new_refresh.as_deref(),
-            now + settings.refresh_token_seconds,
+            settings,
         )
         .await?;
     }
@@ -469,7 +525,7 @@ async fn store_refresh_token(
     mut secret: Secret,
     old: Option<&str>,
     new: Option<&str>,
-    expires: i64,
+    settings: Settings,
 ) -> Result<()> {
     let api: Api<Secret> = Api::namespaced(
         state.client().clone(),
@@ -483,8 +539,8 @@ async fn store_refresh_token(
         )
     };
     for _ in 0..5 {
-        let now = state.now().as_second();
-        let mut tokens = refresh_tokens(&secret, now)?;
+        let now = state.now();
+        let mut tokens = refresh_tokens(&secret, now.as_second())?;
         if let Some(old) = old
             && tokens.remove(&refresh_token_hash(old)).is_none()
         {
@@ -493,8 +549,13 @@ async fn store_refresh_token(
             ));
         }
         if let Some(new) = new {
-            tokens.insert(refresh_token_hash(new), expires);
+            let record = RefreshRecord {
+                expires: now.as_second() + settings.refresh_token_seconds,
+                issued: now.as_millisecond(),
+            };
+            tokens.insert(refresh_token_hash(new), record);
         }
+        keep_newest(&mut tokens, settings.max_refresh_tokens.max(1));
         let encoded = serde_json::to_vec(&tokens).map_err(|err| {
             OAuthError::server_error(format!("the refresh tokens cannot be written: {err}"))
         })?;
@@ -596,33 +657,65 @@ mod tests {
         );
     }
 
-    #[test]
-    fn expired_refresh_tokens_are_dropped() {
-        let tokens = serde_json::to_vec(&BTreeMap::from([("a", 10), ("b", 30)])).expect("json");
-        let secret = Secret {
+    fn secret_with(tokens: &str) -> Secret {
+        Secret {
             data: Some(BTreeMap::from([(
                 credentials::REFRESH_TOKENS.to_owned(),
-                ByteString(tokens),
+                ByteString(tokens.as_bytes().to_vec()),
             )])),
             ..Default::default()
-        };
+        }
+    }
+
+    #[test]
+    fn expired_refresh_tokens_are_dropped_and_old_records_still_read() {
+        let secret = secret_with(
+            r#"{"a": 10, "b": 30, "c": {"expires": 40, "issued": 5000}, "d": {"expires": 15, "issued": 1}}"#,
+        );
         assert_eq!(
             refresh_tokens(&secret, 20).ok(),
-            Some(BTreeMap::from([("b".to_owned(), 30)]))
+            Some(BTreeMap::from([
+                (
+                    "b".to_owned(),
+                    RefreshRecord {
+                        expires: 30,
+                        issued: 0
+                    }
+                ),
+                (
+                    "c".to_owned(),
+                    RefreshRecord {
+                        expires: 40,
+                        issued: 5000
+                    }
+                ),
+            ]))
         );
         assert_eq!(
             refresh_tokens(&Secret::default(), 20).ok(),
             Some(BTreeMap::new())
         );
-        let unreadable = Secret {
-            data: Some(BTreeMap::from([(
-                credentials::REFRESH_TOKENS.to_owned(),
-                ByteString(b"not json".to_vec()),
-            )])),
-            ..Default::default()
-        };
-        let err = refresh_tokens(&unreadable, 20).expect_err("loud");
+        let err = refresh_tokens(&secret_with("not json"), 20).expect_err("loud");
         assert_eq!((err.status, err.error), (500, "server_error"));
+    }
+
+    #[test]
+    fn the_oldest_refresh_tokens_go_first() {
+        let record = |issued| RefreshRecord {
+            expires: 1_000,
+            issued,
+        };
+        // Issue order is not hash order.
+        let mut tokens = BTreeMap::from([
+            ("z".to_owned(), record(1)),
+            ("a".to_owned(), record(3)),
+            ("m".to_owned(), record(2)),
+            ("b".to_owned(), record(4)),
+        ]);
+        keep_newest(&mut tokens, 2);
+        assert_eq!(tokens.keys().collect::<Vec<_>>(), ["a", "b"]);
+        keep_newest(&mut tokens, 5);
+        assert_eq!(tokens.len(), 2);
     }
 
     #[test]
