@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 use std::fmt;
 
 use k8s_openapi::api::core::v1::{
-    Affinity, EnvVar, LocalObjectReference, ResourceRequirements, Toleration,
+    Affinity, EnvVar, LocalObjectReference, ResourceRequirements, SecurityContext, Toleration,
 };
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use kube::CustomResource;
@@ -314,6 +314,14 @@ pub struct PluginRuntime {
     /// Annotations added to the pods.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub pod_annotations: BTreeMap<String, String>,
+    /// Changes to the plugin container's security context. By default it meets the
+    /// `restricted` Pod Security Standard (runAsNonRoot, allowPrivilegeEscalation false, every
+    /// capability dropped, seccomp RuntimeDefault) and its root filesystem is read-only (with a
+    /// writable `/tmp`); each field set here replaces that default, e.g.
+    /// `readOnlyRootFilesystem: false`. Whether the pods are then admitted is up to the
+    /// namespace's Pod Security level.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub security_context: Option<SecurityContext>,
 }
 
 /// Where an install is in its lifecycle: `Inactive` (not running: `active` is false),

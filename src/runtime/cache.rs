@@ -19,7 +19,10 @@ use kube::{
 };
 use serde::de::DeserializeOwned;
 
-use super::watch::{self, Relist};
+use super::{
+    namespaces,
+    watch::{self, Relist},
+};
 use crate::resources::{Plugin, PluginInstall, PluginVersion, names};
 
 /// How often [`Caches::ready`] looks at the stores again.
@@ -34,18 +37,74 @@ const FEED_BUFFER: usize = 4096;
 pub enum Scope {
     #[default]
     AllNamespaces,
-    Namespace(String),
+    /// These (at least one, each once, sorted).
+    Namespaces(Vec<String>),
 }
 
 impl Scope {
-    pub fn api<K>(&self, client: &Client) -> Api<K>
-    where
-        K: Resource<Scope = k8s_openapi::NamespaceResourceScope>,
-        K::DynamicType: Default,
-    {
+    /// From `--namespace` (repeated or comma-separated): all namespaces when none is named.
+    pub fn of(namespaces: &[String]) -> Self {
+        let mut named: Vec<String> = namespaces
+            .iter()
+            .map(|n| n.trim().to_owned())
+            .filter(|n| !n.is_empty())
+            .collect();
+        named.sort();
+        named.dedup();
+        if named.is_empty() {
+            Self::AllNamespaces
+        } else {
+            Self::Namespaces(named)
+        }
+    }
+
+    /// This scope and one more namespace (the catalog's, for Plugins and PluginVersions).
+    pub fn and(&self, namespace: &str) -> Self {
         match self {
-            Self::AllNamespaces => Api::all(client.clone()),
-            Self::Namespace(ns) => Api::namespaced(client.clone(), ns),
+            Self::AllNamespaces => Self::AllNamespaces,
+            Self::Namespaces(named) => {
+                let mut with = named.clone();
+                with.push(namespace.to_owned());
+                Self::of(&with)
+            }
+        }
+    }
+
+    /// The watch of kind `K` in this scope: one over the cluster, one namespace's, or one per
+    /// namespace merged ([`namespaces::merge`]) for the reflector whose reader is `store`.
+    fn watch<K>(
+        &self,
+        client: &Client,
+        config: watcher::Config,
+        store: Store<K>,
+    ) -> futures::stream::BoxStream<'static, Result<watcher::Event<K>, watcher::Error>>
+    where
+        K: Resource<Scope = k8s_openapi::NamespaceResourceScope>
+            + Clone
+            + DeserializeOwned
+            + Debug
+            + Send
+            + Sync
+            + 'static,
+        K::DynamicType: Default + Eq + std::hash::Hash + Clone + Send + Sync,
+    {
+        let one = |api: Api<K>| {
+            watcher(api, config.clone())
+                .backoff(watch::backoff())
+                .boxed()
+        };
+        match self {
+            Self::AllNamespaces => one(Api::all(client.clone())),
+            Self::Namespaces(named) if named.len() == 1 => {
+                one(Api::namespaced(client.clone(), &named[0]))
+            }
+            Self::Namespaces(named) => {
+                let streams = named
+                    .iter()
+                    .map(|ns| (ns.clone(), one(Api::namespaced(client.clone(), ns))))
+                    .collect();
+                namespaces::merge(streams, store).boxed()
+            }
         }
     }
 }
@@ -172,22 +231,27 @@ pub type Drivers = Vec<Pin<Box<dyn Future<Output = ()> + Send>>>;
 impl Caches {
     /// Starts nothing by itself: returns the caches, their change feeds and the drivers to
     /// spawn (subscribe to the feeds before spawning them, to see the first lists too).
-    pub fn new(client: &Client, scope: &Scope) -> (Self, Feeds, Drivers) {
+    /// Plugins and PluginVersions are watched in `scope` and in the catalog namespace.
+    pub fn new(client: &Client, scope: &Scope, catalog: &str) -> (Self, Feeds, Drivers) {
         let owned = watcher::Config::default().labels(&names::managed_selector());
+        let all = watcher::Config::default();
+        let catalog_scope = scope.and(catalog);
         let mut drivers: Drivers = Vec::new();
+        let watched = |scope: &Scope, config: &watcher::Config| Watched {
+            client: client.clone(),
+            scope: scope.clone(),
+            config: config.clone(),
+        };
 
-        let (installs, install_feed) =
-            shared(scope.api(client), watcher::Config::default(), &mut drivers);
-        let (plugins, plugin_feed) =
-            shared(scope.api(client), watcher::Config::default(), &mut drivers);
-        let (versions, version_feed) =
-            shared(scope.api(client), watcher::Config::default(), &mut drivers);
-        let (deployments, deployment_feed) = shared(scope.api(client), owned.clone(), &mut drivers);
-        let (pods, pod_feed) = shared(scope.api(client), owned.clone(), &mut drivers);
-        let services = metadata_only::<Service>(scope.api(client), owned.clone(), &mut drivers);
+        let (installs, install_feed) = shared(watched(scope, &all), &mut drivers);
+        let (plugins, plugin_feed) = shared(watched(&catalog_scope, &all), &mut drivers);
+        let (versions, version_feed) = shared(watched(&catalog_scope, &all), &mut drivers);
+        let (deployments, deployment_feed) = shared(watched(scope, &owned), &mut drivers);
+        let (pods, pod_feed) = shared(watched(scope, &owned), &mut drivers);
+        let services = metadata_only::<Service>(watched(scope, &owned), &mut drivers);
         let service_accounts =
-            metadata_only::<ServiceAccount>(scope.api(client), owned.clone(), &mut drivers);
-        let config_maps = metadata_only::<ConfigMap>(scope.api(client), owned, &mut drivers);
+            metadata_only::<ServiceAccount>(watched(scope, &owned), &mut drivers);
+        let config_maps = metadata_only::<ConfigMap>(watched(scope, &owned), &mut drivers);
 
         let caches = Self {
             installs,
@@ -237,9 +301,22 @@ fn drop_managed_fields<K: Resource>(object: &mut K) {
     object.managed_fields_mut().clear();
 }
 
-fn shared<K>(api: Api<K>, config: watcher::Config, drivers: &mut Drivers) -> (Store<K>, Feed<K>)
+/// What one cache watches: a kind (the type parameter), in a scope, with a selector.
+struct Watched {
+    client: Client,
+    scope: Scope,
+    config: watcher::Config,
+}
+
+fn shared<K>(watched: Watched, drivers: &mut Drivers) -> (Store<K>, Feed<K>)
 where
-    K: Resource + Clone + DeserializeOwned + Debug + Send + Sync + 'static,
+    K: Resource<Scope = k8s_openapi::NamespaceResourceScope>
+        + Clone
+        + DeserializeOwned
+        + Debug
+        + Send
+        + Sync
+        + 'static,
     K::DynamicType: Default + Eq + std::hash::Hash + Clone + Send + Sync,
 {
     let (reader, writer) = reflector::store();
@@ -248,8 +325,9 @@ where
     let publisher = feed.clone();
     let store = reader.clone();
     let mut relist = Relist::default();
-    let stream = watcher(api, config)
-        .backoff(watch::backoff())
+    let stream = watched
+        .scope
+        .watch(&watched.client, watched.config, reader.clone())
         .modify(drop_managed_fields)
         .reflect(writer)
         .inspect(move |event| {
@@ -261,19 +339,22 @@ where
     (reader, feed)
 }
 
-fn metadata_only<K>(
-    api: Api<PartialObjectMeta<K>>,
-    config: watcher::Config,
-    drivers: &mut Drivers,
-) -> Store<PartialObjectMeta<K>>
+fn metadata_only<K>(watched: Watched, drivers: &mut Drivers) -> Store<PartialObjectMeta<K>>
 where
-    K: Resource + Clone + DeserializeOwned + Debug + Send + Sync + 'static,
+    K: Resource<Scope = k8s_openapi::NamespaceResourceScope>
+        + Clone
+        + DeserializeOwned
+        + Debug
+        + Send
+        + Sync
+        + 'static,
     K::DynamicType: Default + Eq + std::hash::Hash + Clone + Send + Sync,
 {
     let (reader, writer) = reflector::store();
     let kind = K::kind(&K::DynamicType::default()).into_owned();
-    let stream = watcher(api, config)
-        .backoff(watch::backoff())
+    let stream = watched
+        .scope
+        .watch(&watched.client, watched.config, reader.clone())
         .modify(|o: &mut PartialObjectMeta<K>| o.managed_fields_mut().clear())
         .reflect(writer);
     drivers.push(drive(stream, kind).boxed());
