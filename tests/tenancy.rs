@@ -179,6 +179,16 @@ async fn names_held_by_objects_the_install_does_not_own_are_left_alone() {
         .collect();
     assert!(writes.is_empty(), "writes to foreign objects: {writes:?}");
 
+    // The HTTP API does not take the foreign Secret for the install's credentials either.
+    let login = reqwest::Client::new()
+        .post(format!("http://{}/a/auth/v0/token", operator().api_addr))
+        .basic_auth(format!("{}.victim", ns.name), Some("the user's own"))
+        .form(&[("grant_type", "client_credentials")])
+        .send()
+        .await
+        .expect("the token route answers");
+    assert_eq!(login.status(), reqwest::StatusCode::SERVICE_UNAVAILABLE);
+
     // Deleting the install leaves them.
     let installs: Api<PluginInstall> = Api::namespaced(client.clone(), &ns.name);
     installs

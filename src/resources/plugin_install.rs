@@ -88,7 +88,10 @@ pub struct PluginInstallSpec {
     pub config: Option<serde_json::Value>,
     /// Secrets whose keys are merged into the config as string values (for passwords and
     /// tokens). When a key is in several Secrets the last one wins; a key set in `config` wins
-    /// over all of them. The values stay in the Secrets.
+    /// over all of them. The values stay in the Secrets. A Secret is used only if it consents:
+    /// its annotation `plugin-operator.dev/allow-installs` names this install (or is `*`), or
+    /// `plugin-operator.dev/allow-plugins` names its plugin (`<plugin>` of the same namespace,
+    /// or `<namespace>/<plugin>`).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub config_from: Vec<ConfigFromSecret>,
     /// Number of pods that run the plugin (default 1).
