@@ -52,6 +52,7 @@ pub struct RunArgs {
     )]
     pub catalog_namespace: String,
     /// Watch only these namespaces (repeat the flag or separate with commas); all when empty.
+    /// The catalog namespace's Plugins and PluginVersions are watched too.
     #[arg(long = "namespace", value_delimiter = ',')]
     pub namespaces: Vec<String>,
     /// Run without leader election (a single replica that always reconciles).

@@ -30,8 +30,6 @@ pub enum RunError {
     },
     #[error("server failed: {0}")]
     Serve(#[source] std::io::Error),
-    #[error("--namespace takes one namespace for now (got {0})")]
-    Namespaces(usize),
     #[error(
         "--lease-renew-before ({renew_before}s) must be shorter than --lease-duration ({duration}s)"
     )]
@@ -53,17 +51,16 @@ pub async fn run(args: RunArgs) -> Result<(), RunError> {
         .map_err(RunError::ApiServer)?;
     tracing::info!(server = %version.git_version, "connected to the API server");
 
-    let scope = match args.namespaces.as_slice() {
-        [] => Scope::AllNamespaces,
-        [one] => Scope::Namespace(one.clone()),
-        more => return Err(RunError::Namespaces(more.len())),
-    };
+    // `--namespace a,b`: installs and their children in these; Plugins and PluginVersions in
+    // these and the catalog's.
+    let scope = Scope::of(&args.namespaces);
+    tracing::info!(?scope, catalog = %args.catalog_namespace, "watching");
     let mut registry = Registry::default();
     let metrics = Metrics::register(&mut registry);
     let http_metrics = HttpMetrics::register(&mut registry);
     let admin_state = admin::AdminState::new(registry);
 
-    let (caches, feeds, drivers) = Caches::new(&client, &scope);
+    let (caches, feeds, drivers) = Caches::new(&client, &scope, &args.catalog_namespace);
     let clock = Clock::system();
 
     let identity = args.identity.clone();
@@ -93,13 +90,16 @@ pub async fn run(args: RunArgs) -> Result<(), RunError> {
         (election.state.clone(), Some(election), None)
     };
 
-    // Settled PluginJobs go after their time to live (the Lease holder deletes them).
-    let job_ttl = reconcile::jobs::run(reconcile::jobs::JobTtl {
-        api: scope.api(&client),
-        leader: leader.clone(),
-        clock: clock.clone(),
-        default_ttl_seconds: args.job_ttl_seconds,
-    });
+    // Settled PluginJobs go after their time to live (the Lease holder deletes them); a
+    // controller per watched namespace.
+    let job_ttl = futures::future::join_all(scope.apis(&client).into_iter().map(|api| {
+        reconcile::jobs::run(reconcile::jobs::JobTtl {
+            api,
+            leader: leader.clone(),
+            clock: clock.clone(),
+            default_ttl_seconds: args.job_ttl_seconds,
+        })
+    }));
     let ctx = Arc::new(Context {
         client: client.clone(),
         caches: caches.clone(),

@@ -943,7 +943,9 @@ async fn rendered_manifest_installs_and_its_rbac_runs_the_operator() {
     create::<Secret>(
         &client,
         &ns.name,
-        json!({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "echo-config"},
+        json!({"apiVersion": "v1", "kind": "Secret",
+               "metadata": {"name": "echo-config",
+                            "annotations": {"plugin-operator.dev/allow-installs": "echo"}},
                "stringData": {"apiKey": "s3cret"}}),
     )
     .await;

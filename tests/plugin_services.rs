@@ -259,7 +259,7 @@ async fn assert_not_leaked(client: &Client, namespace: &str, secrets: &[String])
 
 /// A second API instance in this process (its own caches), with other token lifetimes.
 async fn second_api(client: &Client, settings: Settings) -> SocketAddr {
-    let (caches, _feeds, drivers) = Caches::new(client, &Scope::AllNamespaces);
+    let (caches, _feeds, drivers) = Caches::new(client, &Scope::AllNamespaces, "plugin-catalog");
     for driver in drivers {
         tokio::spawn(driver);
     }

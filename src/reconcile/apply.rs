@@ -14,7 +14,7 @@ use crate::{
     resources::{
         Plugin, PluginInstall, PluginInstallStatus, PluginStatus, PluginVersion,
         PluginVersionStatus,
-        names::{FIELD_MANAGER, annotations},
+        names::{self, FIELD_MANAGER, annotations},
     },
     runtime::{cache, call::with_timeout},
 };
@@ -24,7 +24,8 @@ fn apply_params() -> PatchParams {
 }
 
 /// Creates or rotates an install's credentials Secret, as planned. Created, never overwritten:
-/// a Secret that exists already (made meanwhile) is left alone. A rotation replaces it only if
+/// a Secret that exists already (made meanwhile) is left alone and not read (it may be
+/// someone else's; the next observe checks whose it is). A rotation replaces it only if
 /// it is still the one observed (its resourceVersion): a refresh token the API recorded
 /// meanwhile fails it with a conflict, and the next reconcile decides again.
 pub async fn credentials(ctx: &Context, plan: &CredentialsPlan) -> Result<(), Error> {
@@ -100,11 +101,15 @@ where
     Ok(())
 }
 
-/// Removes an install's Deployment (inactive or external installs run none).
+/// Removes an install's Deployment (inactive or external installs run none); only one the
+/// install owns.
 pub async fn remove_deployment(ctx: &Context, install: &PluginInstall) -> Result<(), Error> {
     let namespace = install.namespace().unwrap_or_default();
     let name = install.name_any();
-    if cache::get(&ctx.caches.deployments, &namespace, &name).is_none() {
+    let uid = install.uid().unwrap_or_default();
+    let owned = cache::get(&ctx.caches.deployments, &namespace, &name)
+        .is_some_and(|d| names::owned_by(Some(d.owner_references()), &uid));
+    if !owned {
         return Ok(());
     }
     let api: Api<Deployment> = Api::namespaced(ctx.client.clone(), &namespace);

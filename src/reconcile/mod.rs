@@ -82,6 +82,9 @@ pub enum Error {
     Random(#[from] RandomError),
     #[error(transparent)]
     Build(#[from] build::BuildError),
+    /// A child's name is taken by an object the install does not own (reported in status).
+    #[error("name conflict: {0}")]
+    NameConflict(String),
 }
 
 impl Error {
@@ -91,6 +94,7 @@ impl Error {
             Self::Call(call) | Self::Write { source: call, .. } => call.metric_label(),
             Self::Random(_) => "random",
             Self::Build(_) => "build",
+            Self::NameConflict(_) => "name_conflict",
         }
     }
 
@@ -98,8 +102,14 @@ impl Error {
     pub fn refusal(&self) -> Option<ApiRefusal> {
         match self {
             Self::Call(call) | Self::Write { source: call, .. } => call.refusal(),
-            Self::Random(_) | Self::Build(_) => None,
+            Self::Random(_) | Self::Build(_) | Self::NameConflict(_) => None,
         }
+    }
+
+    /// Whether only a change by someone else can help (a refusal, a name conflict): retried
+    /// from the longer first delay.
+    pub fn permanent(&self) -> bool {
+        self.refusal().is_some() || matches!(self, Self::NameConflict(_))
     }
 
     /// What to tell a user: the object, then the API server's own words.
@@ -167,7 +177,7 @@ fn error_policy<K: Resource<DynamicType = ()>>(
     ctx.metrics
         .reconcile_failed(kind.as_ref(), error.metric_label());
     let key = backoff_key(&*object);
-    let delay = ctx.backoffs.failed(&key, error.refusal().is_some());
+    let delay = ctx.backoffs.failed(&key, error.permanent());
     tracing::warn!(object = %object.name_any(), namespace = ?object.namespace(), %error, retry_in = ?delay, "reconcile failed");
     Action::requeue(delay)
 }

@@ -53,6 +53,9 @@ pub mod reason {
     pub const FORBIDDEN: &str = "Forbidden";
     pub const INVALID: &str = "Invalid";
     pub const NOT_FOUND: &str = "NotFound";
+    // Ready=False when a child's name is taken by an object the install does not own: the
+    // operator never adopts it, and the install waits until the name is free.
+    pub const NAME_CONFLICT: &str = "NameConflict";
 
     // `Progressing`.
     pub const ROLLED_BACK: &str = "RolledBack";
@@ -61,6 +64,7 @@ pub mod reason {
     pub const CONFIG_VALID: &str = "ConfigValid";
     pub const CONFIG_INVALID: &str = F::ConfigInvalid.as_str();
     pub const SECRET_NOT_FOUND: &str = F::SecretNotFound.as_str();
+    pub const SECRET_NOT_SHARED: &str = F::SecretNotShared.as_str();
 
     // `UpgradeAvailable`.
     pub const NEWER_VERSION: &str = "NewerVersion";
@@ -95,6 +99,8 @@ pub enum FailureReason {
     UnsupportedExecution,
     ConfigInvalid,
     SecretNotFound,
+    /// A `configFrom` Secret does not consent to this install (see `names::consent`).
+    SecretNotShared,
 }
 
 /// Where a failure comes from.
@@ -108,7 +114,7 @@ pub enum FailureOrigin {
 }
 
 impl FailureReason {
-    pub const ALL: [Self; 15] = [
+    pub const ALL: [Self; 16] = [
         Self::ImagePullFailed,
         Self::CrashLoop,
         Self::ContainerConfigError,
@@ -124,6 +130,7 @@ impl FailureReason {
         Self::UnsupportedExecution,
         Self::ConfigInvalid,
         Self::SecretNotFound,
+        Self::SecretNotShared,
     ];
 
     /// As written in status (CamelCase, as `metav1.Condition` requires).
@@ -144,6 +151,7 @@ impl FailureReason {
             Self::UnsupportedExecution => "UnsupportedExecution",
             Self::ConfigInvalid => "ConfigInvalid",
             Self::SecretNotFound => "SecretNotFound",
+            Self::SecretNotShared => "SecretNotShared",
         }
     }
 
@@ -168,7 +176,8 @@ impl FailureReason {
             | Self::NoMatchingVersion
             | Self::UnsupportedExecution
             | Self::ConfigInvalid
-            | Self::SecretNotFound => FailureOrigin::Input,
+            | Self::SecretNotFound
+            | Self::SecretNotShared => FailureOrigin::Input,
         }
     }
 }

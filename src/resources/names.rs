@@ -3,6 +3,7 @@
 //! credentials Secret. Shared by the controllers, the watch caches and the HTTP API.
 use std::collections::BTreeMap;
 
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
 use kube::ResourceExt;
 
 use super::PluginInstall;
@@ -92,4 +93,122 @@ pub fn child_labels(plugin: &str, install: &str) -> BTreeMap<String, String> {
 /// The label selector of everything the operator manages.
 pub fn managed_selector() -> String {
     format!("{}={}", labels::MANAGED_BY, labels::MANAGED_BY_VALUE)
+}
+
+/// Whether an object's owner references name the install with this uid as its controller:
+/// what tells a child this install made from an object that only has its name.
+pub fn owned_by(owners: Option<&[OwnerReference]>, install_uid: &str) -> bool {
+    owners.unwrap_or_default().iter().any(|owner| {
+        owner.uid == install_uid && owner.kind == "PluginInstall" && owner.controller == Some(true)
+    })
+}
+
+/// The consent of a Secret to be read by `configFrom` (SPEC §3, Safety): an install may use a
+/// Secret only when one of the Secret's annotations names it.
+pub mod consent {
+    use std::collections::BTreeMap;
+
+    /// On a Secret: the installs of its namespace that may use it, comma-separated; `*`: all.
+    pub const INSTALLS_ANNOTATION: &str = "plugin-operator.dev/allow-installs";
+    /// On a Secret: the plugins whose installs (in the Secret's namespace) may use it,
+    /// comma-separated, each `<plugin>` (a Plugin of the Secret's namespace) or
+    /// `<namespace>/<plugin>` (e.g. `plugin-catalog/billing`).
+    pub const PLUGINS_ANNOTATION: &str = "plugin-operator.dev/allow-plugins";
+
+    /// The rule, for messages.
+    pub const RULE: &str = "a Secret is used by configFrom only when its annotation plugin-operator.dev/allow-installs names the install (or is \"*\") or plugin-operator.dev/allow-plugins names its plugin (<plugin> in the same namespace, or <namespace>/<plugin>)";
+
+    /// Who asks to read a Secret: an install of the Secret's namespace and the plugin it runs.
+    pub struct Reader<'a> {
+        pub install: &'a str,
+        pub plugin_namespace: &'a str,
+        pub plugin: &'a str,
+    }
+
+    /// Whether a Secret of `secret_namespace` with these annotations consents to `reader`.
+    /// Pure.
+    pub fn allows(
+        annotations: Option<&BTreeMap<String, String>>,
+        secret_namespace: &str,
+        reader: &Reader<'_>,
+    ) -> bool {
+        let Some(annotations) = annotations else {
+            return false;
+        };
+        let entries = |key: &str| -> Vec<String> {
+            annotations
+                .get(key)
+                .map(|v| {
+                    v.split(',')
+                        .map(|e| e.trim().to_owned())
+                        .filter(|e| !e.is_empty())
+                        .collect()
+                })
+                .unwrap_or_default()
+        };
+        let install = entries(INSTALLS_ANNOTATION)
+            .iter()
+            .any(|e| e == "*" || e == reader.install);
+        let plugin = entries(PLUGINS_ANNOTATION)
+            .iter()
+            .any(|e| match e.split_once('/') {
+                Some((namespace, name)) => {
+                    namespace == reader.plugin_namespace && name == reader.plugin
+                }
+                None => reader.plugin_namespace == secret_namespace && e == reader.plugin,
+            });
+        install || plugin
+    }
+
+    #[cfg(test)]
+    mod tests {
+        use super::*;
+
+        fn annotated(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
+            pairs
+                .iter()
+                .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+                .collect()
+        }
+
+        const LOCAL: Reader<'static> = Reader {
+            install: "billing",
+            plugin_namespace: "team-a",
+            plugin: "echo",
+        };
+        const CATALOG: Reader<'static> = Reader {
+            install: "billing",
+            plugin_namespace: "plugin-catalog",
+            plugin: "echo",
+        };
+
+        #[test]
+        fn a_secret_without_annotations_consents_to_nobody() {
+            assert!(!allows(None, "team-a", &LOCAL));
+            assert!(!allows(Some(&BTreeMap::new()), "team-a", &LOCAL));
+            let other = annotated(&[("plugin-operator.dev/allow", "billing")]);
+            assert!(!allows(Some(&other), "team-a", &LOCAL));
+        }
+
+        #[test]
+        fn installs_are_named_or_all() {
+            let named = annotated(&[(INSTALLS_ANNOTATION, "other, billing")]);
+            assert!(allows(Some(&named), "team-a", &LOCAL));
+            let others = annotated(&[(INSTALLS_ANNOTATION, "other,billing-2")]);
+            assert!(!allows(Some(&others), "team-a", &LOCAL));
+            let all = annotated(&[(INSTALLS_ANNOTATION, "*")]);
+            assert!(allows(Some(&all), "team-a", &CATALOG));
+        }
+
+        #[test]
+        fn a_plain_plugin_name_means_a_plugin_of_the_secrets_namespace() {
+            let plain = annotated(&[(PLUGINS_ANNOTATION, "echo")]);
+            assert!(allows(Some(&plain), "team-a", &LOCAL));
+            // A catalog plugin of the same name is another plugin (another image's author).
+            assert!(!allows(Some(&plain), "team-a", &CATALOG));
+            let qualified = annotated(&[(PLUGINS_ANNOTATION, "plugin-catalog/echo")]);
+            assert!(allows(Some(&qualified), "team-a", &CATALOG));
+            assert!(!allows(Some(&qualified), "team-a", &LOCAL));
+        }
+    }
 }

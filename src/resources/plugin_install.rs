@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 use std::fmt;
 
 use k8s_openapi::api::core::v1::{
-    Affinity, EnvVar, LocalObjectReference, ResourceRequirements, Toleration,
+    Affinity, EnvVar, LocalObjectReference, ResourceRequirements, SecurityContext, Toleration,
 };
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use kube::CustomResource;
@@ -88,7 +88,10 @@ pub struct PluginInstallSpec {
     pub config: Option<serde_json::Value>,
     /// Secrets whose keys are merged into the config as string values (for passwords and
     /// tokens). When a key is in several Secrets the last one wins; a key set in `config` wins
-    /// over all of them. The values stay in the Secrets.
+    /// over all of them. The values stay in the Secrets. A Secret is used only if it consents:
+    /// its annotation `plugin-operator.dev/allow-installs` names this install (or is `*`), or
+    /// `plugin-operator.dev/allow-plugins` names its plugin (`<plugin>` of the same namespace,
+    /// or `<namespace>/<plugin>`).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub config_from: Vec<ConfigFromSecret>,
     /// Number of pods that run the plugin (default 1).
@@ -314,6 +317,14 @@ pub struct PluginRuntime {
     /// Annotations added to the pods.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub pod_annotations: BTreeMap<String, String>,
+    /// Changes to the plugin container's security context. By default it meets the
+    /// `restricted` Pod Security Standard (runAsNonRoot, allowPrivilegeEscalation false, every
+    /// capability dropped, seccomp RuntimeDefault) and its root filesystem is read-only (with a
+    /// writable `/tmp`); each field set here replaces that default, e.g.
+    /// `readOnlyRootFilesystem: false`. Whether the pods are then admitted is up to the
+    /// namespace's Pod Security level.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub security_context: Option<SecurityContext>,
 }
 
 /// Where an install is in its lifecycle: `Inactive` (not running: `active` is false),

@@ -148,6 +148,10 @@ pub struct Execution {
     /// Compute resources of the container. An install's `runtime.resources` replaces them.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub resources: Option<ResourceRequirements>,
+    /// Mount a token of the install's ServiceAccount in the plugin's pods (for a plugin that
+    /// calls the Kubernetes API itself). Off by default: the pods get no token.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub automount_service_account_token: Option<bool>,
 }
 
 fn default_port() -> i32 {
@@ -177,6 +181,7 @@ impl Default for Execution {
             port: DEFAULT_PORT,
             health_path: None,
             resources: None,
+            automount_service_account_token: None,
         }
     }
 }

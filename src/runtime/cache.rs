@@ -18,7 +18,10 @@ use kube::{
 };
 use serde::de::DeserializeOwned;
 
-use super::watch::{self, Freshness, Relist, Retry, Seen};
+use super::{
+    namespaces,
+    watch::{Freshness, Relist, Retry, Seen},
+};
 use crate::resources::{Plugin, PluginInstall, PluginVersion, names};
 
 /// How often [`Caches::ready`] looks at the stores again.
@@ -33,18 +36,87 @@ const FEED_BUFFER: usize = 4096;
 pub enum Scope {
     #[default]
     AllNamespaces,
-    Namespace(String),
+    /// These (at least one, each once, sorted).
+    Namespaces(Vec<String>),
 }
 
 impl Scope {
-    pub fn api<K>(&self, client: &Client) -> Api<K>
+    /// From `--namespace` (repeated or comma-separated): all namespaces when none is named.
+    pub fn of(namespaces: &[String]) -> Self {
+        let mut named: Vec<String> = namespaces
+            .iter()
+            .map(|n| n.trim().to_owned())
+            .filter(|n| !n.is_empty())
+            .collect();
+        named.sort();
+        named.dedup();
+        if named.is_empty() {
+            Self::AllNamespaces
+        } else {
+            Self::Namespaces(named)
+        }
+    }
+
+    /// This scope and one more namespace (the catalog's, for Plugins and PluginVersions).
+    pub fn and(&self, namespace: &str) -> Self {
+        match self {
+            Self::AllNamespaces => Self::AllNamespaces,
+            Self::Namespaces(named) => {
+                let mut with = named.clone();
+                with.push(namespace.to_owned());
+                Self::of(&with)
+            }
+        }
+    }
+
+    /// One API per watched namespace (one over the cluster for all), for a kind the shared
+    /// caches do not hold.
+    pub fn apis<K>(&self, client: &Client) -> Vec<Api<K>>
     where
         K: Resource<Scope = k8s_openapi::NamespaceResourceScope>,
         K::DynamicType: Default,
     {
         match self {
-            Self::AllNamespaces => Api::all(client.clone()),
-            Self::Namespace(ns) => Api::namespaced(client.clone(), ns),
+            Self::AllNamespaces => vec![Api::all(client.clone())],
+            Self::Namespaces(named) => named
+                .iter()
+                .map(|ns| Api::namespaced(client.clone(), ns))
+                .collect(),
+        }
+    }
+
+    /// The watch of kind `K` in this scope: one over the cluster, one namespace's, or one per
+    /// namespace merged ([`namespaces::merge`]) for the reflector whose reader is `store`.
+    fn watch<K>(
+        &self,
+        client: &Client,
+        config: watcher::Config,
+        store: Store<K>,
+    ) -> futures::stream::BoxStream<'static, Result<watcher::Event<K>, watcher::Error>>
+    where
+        K: Resource<Scope = k8s_openapi::NamespaceResourceScope>
+            + Clone
+            + DeserializeOwned
+            + Debug
+            + Send
+            + Sync
+            + 'static,
+        K::DynamicType: Default + Eq + std::hash::Hash + Clone + Send + Sync,
+    {
+        // No backoff here: the caller starts a new watch after each failure ([`Watches`]).
+        let one = |api: Api<K>| watcher(api, config.clone()).boxed();
+        match self {
+            Self::AllNamespaces => one(Api::all(client.clone())),
+            Self::Namespaces(named) if named.len() == 1 => {
+                one(Api::namespaced(client.clone(), &named[0]))
+            }
+            Self::Namespaces(named) => {
+                let streams = named
+                    .iter()
+                    .map(|ns| (ns.clone(), one(Api::namespaced(client.clone(), ns))))
+                    .collect();
+                namespaces::merge(streams, store).boxed()
+            }
         }
     }
 }
@@ -173,25 +245,30 @@ pub type Drivers = Vec<Pin<Box<dyn Future<Output = ()> + Send>>>;
 impl Caches {
     /// Starts nothing by itself: returns the caches, their change feeds and the drivers to
     /// spawn (subscribe to the feeds before spawning them, to see the first lists too).
-    pub fn new(client: &Client, scope: &Scope) -> (Self, Feeds, Drivers) {
+    /// Plugins and PluginVersions are watched in `scope` and in the catalog namespace.
+    pub fn new(client: &Client, scope: &Scope, catalog: &str) -> (Self, Feeds, Drivers) {
         let owned = watcher::Config::default().labels(&names::managed_selector());
+        let all = watcher::Config::default();
+        let catalog_scope = scope.and(catalog);
         let mut watches = Watches {
             drivers: Vec::new(),
             freshness: Freshness::default(),
             answered: Arc::default(),
         };
+        let watched = |scope: &Scope, config: &watcher::Config| Watched {
+            client: client.clone(),
+            scope: scope.clone(),
+            config: config.clone(),
+        };
 
-        let (installs, install_feed) =
-            watches.shared(scope.api(client), watcher::Config::default());
-        let (plugins, plugin_feed) = watches.shared(scope.api(client), watcher::Config::default());
-        let (versions, version_feed) =
-            watches.shared(scope.api(client), watcher::Config::default());
-        let (deployments, deployment_feed) = watches.shared(scope.api(client), owned.clone());
-        let (pods, pod_feed) = watches.shared(scope.api(client), owned.clone());
-        let services = watches.metadata_only::<Service>(scope.api(client), owned.clone());
-        let service_accounts =
-            watches.metadata_only::<ServiceAccount>(scope.api(client), owned.clone());
-        let config_maps = watches.metadata_only::<ConfigMap>(scope.api(client), owned);
+        let (installs, install_feed) = watches.shared(watched(scope, &all));
+        let (plugins, plugin_feed) = watches.shared(watched(&catalog_scope, &all));
+        let (versions, version_feed) = watches.shared(watched(&catalog_scope, &all));
+        let (deployments, deployment_feed) = watches.shared(watched(scope, &owned));
+        let (pods, pod_feed) = watches.shared(watched(scope, &owned));
+        let services = watches.metadata_only::<Service>(watched(scope, &owned));
+        let service_accounts = watches.metadata_only::<ServiceAccount>(watched(scope, &owned));
+        let config_maps = watches.metadata_only::<ConfigMap>(watched(scope, &owned));
 
         let caches = Self {
             installs,
@@ -242,6 +319,13 @@ fn drop_managed_fields<K: Resource>(object: &mut K) {
     object.managed_fields_mut().clear();
 }
 
+/// What one cache watches: a kind (the type parameter), in a scope, with a selector.
+struct Watched {
+    client: Client,
+    scope: Scope,
+    config: watcher::Config,
+}
+
 /// The watches being set up, and their freshness.
 struct Watches {
     drivers: Drivers,
@@ -251,9 +335,15 @@ struct Watches {
 }
 
 impl Watches {
-    fn shared<K>(&mut self, api: Api<K>, config: watcher::Config) -> (Store<K>, Feed<K>)
+    fn shared<K>(&mut self, watched: Watched) -> (Store<K>, Feed<K>)
     where
-        K: Resource + Clone + DeserializeOwned + Debug + Send + Sync + 'static,
+        K: Resource<Scope = k8s_openapi::NamespaceResourceScope>
+            + Clone
+            + DeserializeOwned
+            + Debug
+            + Send
+            + Sync
+            + 'static,
         K::DynamicType: Default + Eq + std::hash::Hash + Clone + Send + Sync,
     {
         let (reader, writer) = reflector::store();
@@ -261,23 +351,25 @@ impl Watches {
         let publisher = feed.clone();
         let store = reader.clone();
         let mut relist = Relist::default();
-        self.add(api, config, writer, move |event| {
+        self.add(watched, reader.clone(), writer, move |event| {
             publisher.publish(event, &store, &mut relist);
         });
         (reader, feed)
     }
 
-    fn metadata_only<K>(
-        &mut self,
-        api: Api<PartialObjectMeta<K>>,
-        config: watcher::Config,
-    ) -> Store<PartialObjectMeta<K>>
+    fn metadata_only<K>(&mut self, watched: Watched) -> Store<PartialObjectMeta<K>>
     where
-        K: Resource + Clone + DeserializeOwned + Debug + Send + Sync + 'static,
+        K: Resource<Scope = k8s_openapi::NamespaceResourceScope>
+            + Clone
+            + DeserializeOwned
+            + Debug
+            + Send
+            + Sync
+            + 'static,
         K::DynamicType: Default + Eq + std::hash::Hash + Clone + Send + Sync,
     {
         let (reader, writer) = reflector::store();
-        self.add(api, config, writer, |_| {});
+        self.add(watched, reader.clone(), writer, |_| {});
         reader
     }
 
@@ -285,12 +377,18 @@ impl Watches {
     /// the store.
     fn add<K>(
         &mut self,
-        api: Api<K>,
-        config: watcher::Config,
+        watched: Watched,
+        reader: Store<K>,
         mut writer: reflector::store::Writer<K>,
         mut on_event: impl FnMut(&watcher::Event<K>) + Send + 'static,
     ) where
-        K: Resource + Clone + DeserializeOwned + Debug + Send + Sync + 'static,
+        K: Resource<Scope = k8s_openapi::NamespaceResourceScope>
+            + Clone
+            + DeserializeOwned
+            + Debug
+            + Send
+            + Sync
+            + 'static,
         K::DynamicType: Default + Eq + std::hash::Hash + Clone + Send + Sync,
     {
         let kind = K::kind(&K::DynamicType::default()).into_owned();
@@ -298,9 +396,13 @@ impl Watches {
         let mut retry = Retry::new(self.answered.clone());
         let driver = async move {
             loop {
-                // A new watcher lists first: after a failure nothing is taken on trust (see
-                // `watch`); after 410 Gone kube's watcher lists again by itself.
-                let mut stream = std::pin::pin!(watcher(api.clone(), config.clone()));
+                // A new watch lists first: after any failure (410 Gone included) nothing is
+                // taken on trust (see `watch`), and with several namespaces all of them list
+                // again together, as one list.
+                let mut stream =
+                    watched
+                        .scope
+                        .watch(&watched.client, watched.config.clone(), reader.clone());
                 while let Some(item) = stream.next().await {
                     match item {
                         Ok(event) => {
@@ -313,13 +415,10 @@ impl Watches {
                         Err(error) => {
                             health.saw(Seen::Error);
                             tracing::warn!(%kind, %error, "watch error; listing again");
-                            let gone = watch::is_gone(&error);
                             if let Some(wait) = retry.failed(&error) {
                                 retry.wait(wait).await;
                             }
-                            if !gone {
-                                break;
-                            }
+                            break;
                         }
                     }
                 }

@@ -8,9 +8,10 @@ use k8s_openapi::{
     api::{
         apps::v1::{Deployment, DeploymentSpec, DeploymentStrategy, RollingUpdateDeployment},
         core::v1::{
-            ConfigMap, ConfigMapVolumeSource, Container, ContainerPort, EnvVar, ExecAction,
-            HTTPGetAction, KeyToPath, Lifecycle, LifecycleHandler, PodSpec, PodTemplateSpec, Probe,
-            Secret, SecretVolumeSource, Service, ServiceAccount, ServicePort, ServiceSpec,
+            Capabilities, ConfigMap, ConfigMapVolumeSource, Container, ContainerPort,
+            EmptyDirVolumeSource, EnvVar, ExecAction, HTTPGetAction, KeyToPath, Lifecycle,
+            LifecycleHandler, PodSpec, PodTemplateSpec, Probe, SeccompProfile, Secret,
+            SecretVolumeSource, SecurityContext, Service, ServiceAccount, ServicePort, ServiceSpec,
             TCPSocketAction, Volume, VolumeMount,
         },
     },
@@ -39,6 +40,15 @@ pub const CONFIG_KEY: &str = "config.json";
 
 /// Where an install's credentials (seed 003: `client_id`, `client_secret`) are mounted.
 pub const CREDENTIALS_DIR: &str = "/etc/plugin/credentials";
+/// The one writable directory of a plugin's container by default (an emptyDir).
+pub const TMP_DIR: &str = "/tmp";
+/// The liveness probe (on the version's health path): every 10 s, restarted after 6 failures
+/// in a row, i.e. a minute without an answer.
+pub const LIVENESS_PERIOD_SECONDS: i32 = 10;
+pub const LIVENESS_FAILURES: i32 = 6;
+/// The startup probe: every 5 s, for up to 5 minutes (the default progress deadline) before
+/// the liveness probe takes over.
+pub const STARTUP_FAILURES: i32 = 60;
 
 /// A fresh credentials Secret for an install: its client id, `client_secret`, no refresh tokens;
 /// owned by the install, labelled like every child, marked with the rotation it was made for.
@@ -295,6 +305,17 @@ fn pod_template(
         read_only: Some(true),
         ..Default::default()
     });
+    // The root filesystem is read-only by default; /tmp is where a plugin may write.
+    volumes.push(Volume {
+        name: "tmp".into(),
+        empty_dir: Some(EmptyDirVolumeSource::default()),
+        ..Default::default()
+    });
+    mounts.push(VolumeMount {
+        name: "tmp".into(),
+        mount_path: TMP_DIR.into(),
+        ..Default::default()
+    });
     for (index, source) in install.spec.config_from.iter().enumerate() {
         let volume = format!("secret-{index}");
         volumes.push(Volume {
@@ -319,7 +340,7 @@ fn pod_template(
         Some(path) => Probe {
             http_get: Some(HTTPGetAction {
                 path: Some(path.clone()),
-                port: probe_handler_port,
+                port: probe_handler_port.clone(),
                 ..Default::default()
             }),
             period_seconds: Some(5),
@@ -327,12 +348,34 @@ fn pod_template(
         },
         None => Probe {
             tcp_socket: Some(TCPSocketAction {
-                port: probe_handler_port,
+                port: probe_handler_port.clone(),
                 ..Default::default()
             }),
             period_seconds: Some(5),
             ..Default::default()
         },
+    });
+    // The health path also tells the kubelet when a plugin hangs: liveness, with a generous
+    // threshold (a minute of failed checks), and only after a startup probe has passed once, so
+    // a slow start is not killed (it has as long as the default progress deadline).
+    let health_get = execution.health_path.as_ref().map(|path| HTTPGetAction {
+        path: Some(path.clone()),
+        port: probe_handler_port,
+        ..Default::default()
+    });
+    let liveness_probe = health_get.clone().map(|get| Probe {
+        http_get: Some(get),
+        period_seconds: Some(LIVENESS_PERIOD_SECONDS),
+        timeout_seconds: Some(5),
+        failure_threshold: Some(LIVENESS_FAILURES),
+        ..Default::default()
+    });
+    let startup_probe = health_get.map(|get| Probe {
+        http_get: Some(get),
+        period_seconds: Some(5),
+        timeout_seconds: Some(5),
+        failure_threshold: Some(STARTUP_FAILURES),
+        ..Default::default()
     });
     let lifecycle = (!execution.stop_command.is_empty()).then(|| Lifecycle {
         pre_stop: Some(LifecycleHandler {
@@ -362,7 +405,10 @@ fn pod_template(
             ..Default::default()
         }]),
         readiness_probe,
+        liveness_probe,
+        startup_probe,
         lifecycle,
+        security_context: Some(container_security(runtime.security_context.as_ref())),
         resources: runtime
             .resources
             .clone()
@@ -379,6 +425,10 @@ fn pod_template(
         }),
         spec: Some(PodSpec {
             service_account_name: Some(name),
+            // No token of the install's ServiceAccount in the pods unless the version asks.
+            automount_service_account_token: Some(
+                execution.automount_service_account_token.unwrap_or(false),
+            ),
             containers: vec![container],
             volumes: Some(volumes),
             node_selector: (!runtime.node_selector.is_empty())
@@ -389,6 +439,41 @@ fn pod_template(
             ..Default::default()
         }),
     }
+}
+
+/// The plugin container's security context: the `restricted` Pod Security Standard
+/// (runAsNonRoot, no privilege escalation, every capability dropped, seccomp RuntimeDefault)
+/// and a read-only root filesystem; each field the install's `runtime.securityContext` sets
+/// replaces the default one.
+pub fn container_security(loosened: Option<&SecurityContext>) -> SecurityContext {
+    let default = SecurityContext {
+        run_as_non_root: Some(true),
+        allow_privilege_escalation: Some(false),
+        capabilities: Some(Capabilities {
+            drop: Some(vec!["ALL".into()]),
+            add: None,
+        }),
+        seccomp_profile: Some(SeccompProfile {
+            type_: "RuntimeDefault".into(),
+            localhost_profile: None,
+        }),
+        read_only_root_filesystem: Some(true),
+        ..Default::default()
+    };
+    let Some(set) = loosened else {
+        return default;
+    };
+    let mut merged = set.clone();
+    merged.run_as_non_root = merged.run_as_non_root.or(default.run_as_non_root);
+    merged.allow_privilege_escalation = merged
+        .allow_privilege_escalation
+        .or(default.allow_privilege_escalation);
+    merged.capabilities = merged.capabilities.or(default.capabilities);
+    merged.seccomp_profile = merged.seccomp_profile.or(default.seccomp_profile);
+    merged.read_only_root_filesystem = merged
+        .read_only_root_filesystem
+        .or(default.read_only_root_filesystem);
+    merged
 }
 
 /// The version's env, then the install's `runtime.env` (which wins on the same name), then what

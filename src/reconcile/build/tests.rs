@@ -342,3 +342,129 @@ fn same_inputs_same_hashes_and_changes_show() {
         "scaling keeps the template"
     );
 }
+
+fn pod_spec(children: &Children) -> &PodSpec {
+    children
+        .deployment
+        .spec
+        .as_ref()
+        .expect("spec")
+        .template
+        .spec
+        .as_ref()
+        .expect("pod spec")
+}
+
+#[test]
+fn plugin_pods_meet_the_restricted_pod_security_standard_by_default() {
+    let i = install(PluginInstallSpec::for_plugin("billing-plugin"));
+    let c = build(&i, &execution(), 0);
+    let security = container(&c).security_context.as_ref().expect("security");
+    assert_eq!(security.run_as_non_root, Some(true));
+    assert_eq!(security.allow_privilege_escalation, Some(false));
+    assert_eq!(
+        security.capabilities.as_ref().and_then(|c| c.drop.clone()),
+        Some(vec!["ALL".to_owned()])
+    );
+    assert_eq!(
+        security.capabilities.as_ref().and_then(|c| c.add.clone()),
+        None
+    );
+    assert_eq!(
+        security.seccomp_profile.as_ref().map(|p| p.type_.as_str()),
+        Some("RuntimeDefault")
+    );
+    assert_eq!(security.privileged, None);
+    // Beyond `restricted`: a read-only root filesystem, with /tmp writable.
+    assert_eq!(security.read_only_root_filesystem, Some(true));
+    let spec = pod_spec(&c);
+    let tmp = spec
+        .volumes
+        .as_ref()
+        .expect("volumes")
+        .iter()
+        .find(|v| v.name == "tmp")
+        .expect("a tmp volume");
+    assert!(tmp.empty_dir.is_some());
+    let mount = container(&c)
+        .volume_mounts
+        .as_ref()
+        .expect("mounts")
+        .iter()
+        .find(|m| m.name == "tmp")
+        .expect("tmp mounted");
+    assert_eq!(mount.mount_path, "/tmp");
+    assert_ne!(mount.read_only, Some(true));
+    // No ServiceAccount token unless the version asks for one.
+    assert_eq!(spec.automount_service_account_token, Some(false));
+    let asks = Execution {
+        automount_service_account_token: Some(true),
+        ..execution()
+    };
+    assert_eq!(
+        pod_spec(&build(&i, &asks, 0)).automount_service_account_token,
+        Some(true)
+    );
+}
+
+#[test]
+fn an_install_loosens_the_security_context_field_by_field() {
+    let mut spec = PluginInstallSpec::for_plugin("billing-plugin");
+    spec.runtime = Some(PluginRuntime {
+        security_context: Some(SecurityContext {
+            read_only_root_filesystem: Some(false),
+            run_as_user: Some(1000),
+            ..Default::default()
+        }),
+        ..Default::default()
+    });
+    let c = build(&install(spec), &execution(), 0);
+    let security = container(&c).security_context.as_ref().expect("security");
+    assert_eq!(security.read_only_root_filesystem, Some(false));
+    assert_eq!(security.run_as_user, Some(1000));
+    // What it does not set keeps its restricted default.
+    assert_eq!(security.run_as_non_root, Some(true));
+    assert_eq!(security.allow_privilege_escalation, Some(false));
+    assert_eq!(
+        security.seccomp_profile.as_ref().map(|p| p.type_.as_str()),
+        Some("RuntimeDefault")
+    );
+    // And it changes the pods: a new template.
+    let default = build(
+        &install(PluginInstallSpec::for_plugin("billing-plugin")),
+        &execution(),
+        0,
+    );
+    assert_ne!(c.template_hash, default.template_hash);
+}
+
+#[test]
+fn the_health_path_is_also_a_generous_liveness_probe_after_startup() {
+    let i = install(PluginInstallSpec::for_plugin("billing-plugin"));
+    let c = build(&i, &execution(), 0);
+    let ct = container(&c);
+    let liveness = ct.liveness_probe.as_ref().expect("liveness");
+    assert_eq!(
+        liveness.http_get.as_ref().and_then(|g| g.path.as_deref()),
+        Some("/healthz")
+    );
+    // A minute of failed checks before a restart.
+    assert_eq!(
+        liveness.period_seconds.unwrap_or(10) * liveness.failure_threshold.unwrap_or(3),
+        60
+    );
+    let startup = ct.startup_probe.as_ref().expect("startup");
+    assert_eq!(
+        startup.period_seconds.unwrap_or(10) * startup.failure_threshold.unwrap_or(3),
+        300,
+        "a slow start has the default progress deadline"
+    );
+    // Without a health path there is no liveness probe (a port that accepts is not alive).
+    let e = Execution {
+        health_path: None,
+        ..execution()
+    };
+    let ct = build(&i, &e, 0);
+    assert!(container(&ct).liveness_probe.is_none());
+    assert!(container(&ct).startup_probe.is_none());
+}

@@ -27,10 +27,12 @@ use std::sync::Arc;
 use kube::{Resource, ResourceExt, runtime::controller::Action};
 
 use super::{Context, Error, apply, events::Refused};
-use crate::resources::PluginInstall;
+use crate::resources::{PluginInstall, conditions::reason};
 
-pub use observe::{ForeignObject, ReadError, World, observe};
-pub use plan::{ChildrenPlan, CredentialsPlan, Plan, RESYNC, plan, refused};
+pub use observe::{ForeignObject, ReadError, SecretConfigError, World, observe};
+pub use plan::{
+    ChildrenPlan, CredentialsPlan, NameConflict, Plan, RESYNC, name_conflict_message, plan, refused,
+};
 
 pub async fn reconcile(install: Arc<PluginInstall>, ctx: Arc<Context>) -> Result<Action, Error> {
     if !ctx.leader.is_leader() || install.meta().deletion_timestamp.is_some() {
@@ -44,6 +46,7 @@ pub async fn reconcile(install: Arc<PluginInstall>, ctx: Arc<Context>) -> Result
         credentials,
         status,
         transition,
+        name_conflict,
         requeue,
     } = plan(&world)?;
     tracing::debug!(
@@ -75,7 +78,7 @@ pub async fn reconcile(install: Arc<PluginInstall>, ctx: Arc<Context>) -> Result
         if refused(
             &mut status,
             install.status.as_ref(),
-            kind,
+            kind.reason(),
             &message,
             world.now,
             generation,
@@ -96,5 +99,18 @@ pub async fn reconcile(install: Arc<PluginInstall>, ctx: Arc<Context>) -> Result
         ctx.events.publish(&install, refused, ctx.clock.now()).await;
     }
     applied?;
+    if let Some(conflict) = name_conflict {
+        if conflict.announce {
+            let refused = Refused {
+                reason: reason::NAME_CONFLICT.to_owned(),
+                message: conflict.message.clone(),
+            };
+            ctx.events
+                .publish(&install, &refused, ctx.clock.now())
+                .await;
+        }
+        // Retried like a refused write: from 5 s, doubling; the name may be freed meanwhile.
+        return Err(Error::NameConflict(conflict.message));
+    }
     Ok(Action::requeue(requeue))
 }

@@ -4,9 +4,9 @@ use std::sync::Arc;
 use k8s_openapi::{
     api::{
         apps::v1::Deployment,
-        core::v1::{Pod, Secret},
+        core::v1::{ConfigMap, Pod, Secret, Service, ServiceAccount},
     },
-    apimachinery::pkg::apis::meta::v1::ObjectMeta,
+    apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference},
     jiff::Timestamp,
 };
 use kube::{Api, ResourceExt};
@@ -16,8 +16,8 @@ use super::super::{Context, Error};
 use crate::{
     lifecycle::access::Refusal,
     resources::{
-        ConnectionMode, Plugin, PluginInstall, PluginVersion,
-        names::{self, labels},
+        ConnectionMode, FailureReason, Plugin, PluginInstall, PluginVersion,
+        names::{self, consent, labels},
         validate::FieldError,
     },
     runtime::{
@@ -38,15 +38,16 @@ pub struct World {
     pub deployment: Option<Arc<Deployment>>,
     /// Pods labelled with the install's name.
     pub pods: Vec<Arc<Pod>>,
-    /// Values of `configFrom` Secrets, merged; or why they could not be read.
-    pub secret_config: Result<Map<String, Value>, FieldError>,
+    /// Values of `configFrom` Secrets, merged; or why they could not be used.
+    pub secret_config: Result<Map<String, Value>, SecretConfigError>,
     /// For an active external plugin with an endpoint: whether it answered a health check.
     pub external_health: Option<Result<(), String>>,
     /// The metadata of the install's credentials Secret (`None`: there is none); or why it
     /// could not be read. Read only once the install's Plugin is known.
     pub credentials: Result<Option<ObjectMeta>, ReadError>,
-    /// Objects found under a child's name that the install does not own. Nothing looks for them
-    /// yet: the ownership check (issue 14) fills this, and the plan then stops the install.
+    /// Objects found under a child's name that the install does not own (the credentials
+    /// Secret's always; the other children's when they are about to be applied and are not in
+    /// the caches yet). The plan then stops the install: the operator never adopts.
     pub foreign: Vec<ForeignObject>,
     /// A client secret for credentials made in this reconcile (used only when they are due).
     pub fresh_client_secret: String,
@@ -80,6 +81,36 @@ pub struct ForeignObject {
     pub owner: Option<String>,
 }
 
+impl ForeignObject {
+    fn of(kind: &str, name: &str, owners: &[OwnerReference]) -> Self {
+        Self {
+            kind: kind.to_owned(),
+            name: name.to_owned(),
+            owner: owners
+                .iter()
+                .find(|o| o.controller == Some(true))
+                .map(|o| format!("{}/{}", o.kind, o.name)),
+        }
+    }
+}
+
+/// Why the `configFrom` Secrets cannot be used: the failure reason (`SecretNotFound`,
+/// `SecretNotShared`, `ConfigInvalid`) and the field and message.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SecretConfigError {
+    pub reason: FailureReason,
+    pub error: FieldError,
+}
+
+impl SecretConfigError {
+    fn new(reason: FailureReason, field: String, message: String) -> Self {
+        Self {
+            reason,
+            error: FieldError::new(field, message),
+        }
+    }
+}
+
 /// Reads the [`World`] of one install.
 pub async fn observe(install: &Arc<PluginInstall>, ctx: &Context) -> Result<World, Error> {
     let namespace = install.namespace().unwrap_or_default();
@@ -93,10 +124,9 @@ pub async fn observe(install: &Arc<PluginInstall>, ctx: &Context) -> Result<Worl
     let pods = cache::select(&ctx.caches.pods, |p| {
         cache::in_namespace(p, &namespace) && p.labels().get(labels::INSTALL) == Some(&name)
     });
-    let secret_config = if install.spec.active {
-        read_config_secrets(ctx, install).await?
-    } else {
-        Ok(Map::new())
+    let secret_config = match &plugin {
+        Ok(p) if install.spec.active => read_config_secrets(ctx, install, p).await?,
+        _ => Ok(Map::new()),
     };
     let external_health = match &plugin {
         Ok(p) if install.spec.active && p.spec.connection.mode == ConnectionMode::External => {
@@ -107,16 +137,31 @@ pub async fn observe(install: &Arc<PluginInstall>, ctx: &Context) -> Result<Worl
         }
         _ => None,
     };
+    let uid = install.uid().unwrap_or_default();
+    let mut foreign = Vec::new();
+    let credentials_name = names::credentials_secret_name(&name);
     let credentials = match &plugin {
         Ok(_) => {
             let api: Api<Secret> = Api::namespaced(ctx.client.clone(), &namespace);
-            with_timeout(api.get_metadata_opt(&names::credentials_secret_name(&name)))
+            with_timeout(api.get_metadata_opt(&credentials_name))
                 .await
                 .map(|found| found.map(|secret| secret.metadata))
                 .map_err(|error| ReadError::from(&error))
         }
         Err(_) => Ok(None),
     };
+    if let Ok(Some(secret)) = &credentials
+        && !names::owned_by(secret.owner_references.as_deref(), &uid)
+    {
+        let owners = secret.owner_references.clone().unwrap_or_default();
+        foreign.push(ForeignObject::of("Secret", &credentials_name, &owners));
+    }
+    if let Ok(p) = &plugin
+        && install.spec.active
+        && p.spec.connection.mode == ConnectionMode::Supervised
+    {
+        foreign.extend(foreign_children(ctx, &namespace, &name, &uid).await?);
+    }
     Ok(World {
         install: install.clone(),
         plugin,
@@ -126,24 +171,128 @@ pub async fn observe(install: &Arc<PluginInstall>, ctx: &Context) -> Result<Worl
         secret_config,
         external_health,
         credentials,
-        foreign: Vec::new(),
+        foreign,
         fresh_client_secret: random::secret()?,
         now: ctx.clock.now_in_seconds(),
     })
 }
 
-/// Reads the `configFrom` Secrets. A missing Secret is a config error (unless optional); an
-/// API failure is transient.
+/// Which of the children a supervised install applies are taken by objects it does not own.
+/// A child in the caches (label-filtered: what the operator labelled) is checked there; one
+/// that is not is looked up by name, since a foreign object is never in the caches. Steady
+/// state, with every child cached, makes no request.
+async fn foreign_children(
+    ctx: &Context,
+    namespace: &str,
+    name: &str,
+    uid: &str,
+) -> Result<Vec<ForeignObject>, Error> {
+    let caches = &ctx.caches;
+    let config_map = names::config_map_name(name);
+    let found = [
+        (
+            "ServiceAccount",
+            name,
+            owners_of::<ServiceAccount>(
+                ctx,
+                namespace,
+                name,
+                cache::get(&caches.service_accounts, namespace, name)
+                    .map(|o| o.owner_references().to_vec()),
+            )
+            .await?,
+        ),
+        (
+            "ConfigMap",
+            config_map.as_str(),
+            owners_of::<ConfigMap>(
+                ctx,
+                namespace,
+                &config_map,
+                cache::get(&caches.config_maps, namespace, &config_map)
+                    .map(|o| o.owner_references().to_vec()),
+            )
+            .await?,
+        ),
+        (
+            "Service",
+            name,
+            owners_of::<Service>(
+                ctx,
+                namespace,
+                name,
+                cache::get(&caches.services, namespace, name)
+                    .map(|o| o.owner_references().to_vec()),
+            )
+            .await?,
+        ),
+        (
+            "Deployment",
+            name,
+            owners_of::<Deployment>(
+                ctx,
+                namespace,
+                name,
+                cache::get(&caches.deployments, namespace, name)
+                    .map(|o| o.owner_references().to_vec()),
+            )
+            .await?,
+        ),
+    ];
+    Ok(found
+        .into_iter()
+        .filter_map(|(kind, child, owners)| {
+            let owners = owners?;
+            (!names::owned_by(Some(owners.as_slice()), uid))
+                .then(|| ForeignObject::of(kind, child, &owners))
+        })
+        .collect())
+}
+
+/// The owner references of the object `namespace/name` of kind `K`: the cached ones, or when
+/// the cache has none, the API server's (a metadata-only GET); `None` when there is no object.
+async fn owners_of<K>(
+    ctx: &Context,
+    namespace: &str,
+    name: &str,
+    cached: Option<Vec<OwnerReference>>,
+) -> Result<Option<Vec<OwnerReference>>, Error>
+where
+    K: kube::Resource<Scope = k8s_openapi::NamespaceResourceScope, DynamicType = ()>
+        + Clone
+        + serde::de::DeserializeOwned
+        + std::fmt::Debug,
+{
+    if cached.is_some() {
+        return Ok(cached);
+    }
+    let api: Api<K> = Api::namespaced(ctx.client.clone(), namespace);
+    let found = with_timeout(api.get_metadata_opt(name)).await?;
+    Ok(found.map(|o| o.metadata.owner_references.unwrap_or_default()))
+}
+
+/// Reads the `configFrom` Secrets. A missing Secret is a config error (unless optional), and
+/// so is one that does not consent to this install ([`names::consent`]): its values are not
+/// read. An API failure is transient.
 async fn read_config_secrets(
     ctx: &Context,
     install: &PluginInstall,
-) -> Result<Result<Map<String, Value>, FieldError>, Error> {
+    plugin: &Plugin,
+) -> Result<Result<Map<String, Value>, SecretConfigError>, Error> {
     let mut merged = Map::new();
     if install.spec.config_from.is_empty() {
         return Ok(Ok(merged));
     }
-    let api: Api<Secret> =
-        Api::namespaced(ctx.client.clone(), &install.namespace().unwrap_or_default());
+    let namespace = install.namespace().unwrap_or_default();
+    let install_name = install.name_any();
+    let plugin_namespace = plugin.namespace().unwrap_or_default();
+    let plugin_name = plugin.name_any();
+    let reader = consent::Reader {
+        install: &install_name,
+        plugin_namespace: &plugin_namespace,
+        plugin: &plugin_name,
+    };
+    let api: Api<Secret> = Api::namespaced(ctx.client.clone(), &namespace);
     for (index, source) in install.spec.config_from.iter().enumerate() {
         let secret = with_timeout(api.get_opt(&source.name)).await?;
         let optional = source.optional.unwrap_or(false);
@@ -151,18 +300,31 @@ async fn read_config_secrets(
             if optional {
                 continue;
             }
-            return Ok(Err(FieldError::new(
+            return Ok(Err(SecretConfigError::new(
+                FailureReason::SecretNotFound,
                 format!("spec.configFrom[{index}].name"),
                 format!("Secret {} not found", source.name),
             )));
         };
+        if !consent::allows(secret.metadata.annotations.as_ref(), &namespace, &reader) {
+            return Ok(Err(SecretConfigError::new(
+                FailureReason::SecretNotShared,
+                format!("spec.configFrom[{index}].name"),
+                format!(
+                    "Secret {} does not allow install {install_name} (plugin {plugin_namespace}/{plugin_name}) to use it: {}",
+                    source.name,
+                    consent::RULE
+                ),
+            )));
+        }
         let data = secret.data.unwrap_or_default();
         for (key, value) in &data {
             if !source.keys.is_empty() && !source.keys.contains(key) {
                 continue;
             }
             let Ok(text) = String::from_utf8(value.0.clone()) else {
-                return Ok(Err(FieldError::new(
+                return Ok(Err(SecretConfigError::new(
+                    FailureReason::SecretNotFound,
                     format!("spec.configFrom[{index}].keys"),
                     format!("Secret {} key {key} is not UTF-8 text", source.name),
                 )));
@@ -175,7 +337,8 @@ async fn read_config_secrets(
             .find(|k| !data.contains_key(*k))
             .filter(|_| !optional)
         {
-            return Ok(Err(FieldError::new(
+            return Ok(Err(SecretConfigError::new(
+                FailureReason::SecretNotFound,
                 format!("spec.configFrom[{index}].keys"),
                 format!("Secret {} has no key {missing}", source.name),
             )));

@@ -13,7 +13,7 @@ use kube::{Resource, ResourceExt};
 use semver::Version;
 use serde_json::{Map, Value};
 
-use super::{World, outcome::Outcome, views};
+use super::{ForeignObject, World, outcome::Outcome, views};
 use crate::{
     lifecycle::{
         phase::{self, Observation},
@@ -28,7 +28,6 @@ use crate::{
         names::{self, credentials},
         validate,
     },
-    runtime::call::ApiRefusal,
 };
 
 use super::super::{
@@ -55,7 +54,41 @@ pub struct Plan {
     pub status: PluginInstallStatus,
     /// The phase changed: announce it with an Event.
     pub transition: Option<Transition>,
+    /// A child's name is taken by an object the install does not own: nothing was planned for
+    /// the children or the credentials, the status says why, and the reconcile fails so that it
+    /// is retried with growing delays.
+    pub name_conflict: Option<NameConflict>,
     pub requeue: Duration,
+}
+
+/// Objects under the names of an install's children that the install does not own.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct NameConflict {
+    /// Names every such object, for status, the Event and the log.
+    pub message: String,
+    /// `Ready` changed with it: announce it with an Event.
+    pub announce: bool,
+}
+
+/// What a user reads about objects that hold the names of an install's children.
+pub fn name_conflict_message(namespace: &str, foreign: &[ForeignObject]) -> String {
+    let objects: Vec<String> = foreign
+        .iter()
+        .map(|f| {
+            let owner = f
+                .owner
+                .as_ref()
+                .map_or_else(|| "no controller".to_owned(), |o| format!("controller {o}"));
+            format!("{} {namespace}/{} ({owner})", f.kind, f.name)
+        })
+        .collect();
+    format!(
+        "{} already exist{} and {} not made by this install; the operator never adopts an object it did not create: delete or rename {}, or give the install another name",
+        objects.join(", "),
+        if objects.len() == 1 { "s" } else { "" },
+        if objects.len() == 1 { "was" } else { "were" },
+        if objects.len() == 1 { "it" } else { "them" },
+    )
 }
 
 /// The status to write when the API server refused a write of the children (a quota, RBAC, an
@@ -65,20 +98,15 @@ pub struct Plan {
 pub fn refused(
     status: &mut PluginInstallStatus,
     old: Option<&PluginInstallStatus>,
-    refusal: ApiRefusal,
+    reason: &str,
     message: &str,
     now: Timestamp,
     generation: Option<i64>,
 ) -> bool {
     conditions::set_condition(
         &mut status.conditions,
-        conditions::NewCondition::new(
-            conditions::READY,
-            ConditionStatus::False,
-            refusal.reason(),
-            message,
-        )
-        .observed_generation(generation),
+        conditions::NewCondition::new(conditions::READY, ConditionStatus::False, reason, message)
+            .observed_generation(generation),
         Time(now),
     );
     let ready = |s: &PluginInstallStatus| {
@@ -159,10 +187,37 @@ impl Rollout<'_> {
 pub fn plan(world: &World) -> Result<Plan, BuildError> {
     let Decision {
         wanted,
-        status,
+        mut status,
         transition,
         requeue,
     } = decide(world)?;
+    if !world.foreign.is_empty() {
+        // Never adopt: nothing is written under a name another object holds. Removing the
+        // Deployment stays allowed (it removes only one the install owns).
+        let install = &*world.install;
+        let message =
+            name_conflict_message(&install.namespace().unwrap_or_default(), &world.foreign);
+        let announce = refused(
+            &mut status,
+            install.status.as_ref(),
+            reason::NAME_CONFLICT,
+            &message,
+            world.now,
+            install.meta().generation,
+        );
+        let children = match wanted {
+            Wanted::RemoveDeployment => ChildrenPlan::RemoveDeployment,
+            Wanted::Keep | Wanted::Run(_) => ChildrenPlan::Keep,
+        };
+        return Ok(Plan {
+            children,
+            credentials: CredentialsPlan::Keep,
+            status,
+            transition,
+            name_conflict: Some(NameConflict { message, announce }),
+            requeue,
+        });
+    }
     let children = match wanted {
         Wanted::Keep => ChildrenPlan::Keep,
         Wanted::RemoveDeployment => ChildrenPlan::RemoveDeployment,
@@ -173,6 +228,7 @@ pub fn plan(world: &World) -> Result<Plan, BuildError> {
         credentials: credentials_plan(world),
         status,
         transition,
+        name_conflict: None,
         requeue,
     })
 }
@@ -595,7 +651,7 @@ fn effective_config(
     let secrets = world
         .secret_config
         .clone()
-        .map_err(|e| (FailureReason::SecretNotFound, e.to_string()))?;
+        .map_err(|e| (e.reason, e.error.to_string()))?;
     let mut config = world
         .install
         .spec

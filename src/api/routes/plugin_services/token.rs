@@ -498,7 +498,14 @@ async fn credentials_of(state: &ApiState, install: &PluginInstall) -> Result<Sec
             &ApiError::from_kube("Secret", &e),
         )
     })?;
-    let Some(secret) = secret else {
+    // A Secret of that name that the install does not own is not its credentials (the
+    // controller reports the install's NameConflict): never authenticate against it.
+    let Some(secret) = secret.filter(|s| {
+        names::owned_by(
+            Some(s.owner_references()),
+            &install.uid().unwrap_or_default(),
+        )
+    }) else {
         return Err(OAuthError::unavailable(
             "the install's credentials are not created yet; try again shortly",
             RETRY_AFTER_SECONDS,

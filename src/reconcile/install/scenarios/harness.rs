@@ -20,7 +20,9 @@ use k8s_openapi::{
 use kube::ResourceExt;
 use serde_json::{Value, json};
 
-use super::super::{ChildrenPlan, CredentialsPlan, Plan, World, plan};
+use super::super::{
+    ChildrenPlan, CredentialsPlan, ForeignObject, Plan, SecretConfigError, World, plan,
+};
 use crate::{
     lifecycle::access::{self, Refusal},
     resources::{
@@ -102,6 +104,10 @@ pub struct Cluster {
     pub pods: Vec<Pod>,
     pub credentials: Option<ObjectMeta>,
     pub external_health: Option<Result<(), String>>,
+    /// What observe would find under the children's names that the install does not own.
+    pub foreign: Vec<ForeignObject>,
+    /// What observe would read from the `configFrom` Secrets.
+    pub secret_config: Result<serde_json::Map<String, Value>, SecretConfigError>,
 }
 
 impl Cluster {
@@ -130,6 +136,8 @@ impl Cluster {
             pods: Vec::new(),
             credentials: None,
             external_health: None,
+            foreign: Vec::new(),
+            secret_config: Ok(Default::default()),
         }
     }
 
@@ -152,10 +160,10 @@ impl Cluster {
             versions: self.versions.iter().cloned().map(Arc::new).collect(),
             deployment: self.deployment.clone().map(Arc::new),
             pods: self.pods.iter().cloned().map(Arc::new).collect(),
-            secret_config: Ok(Default::default()),
+            secret_config: self.secret_config.clone(),
             external_health: self.external_health.clone(),
             credentials: Ok(self.credentials.clone()),
-            foreign: Vec::new(),
+            foreign: self.foreign.clone(),
             fresh_client_secret: "a-fresh-client-secret".into(),
             now: self.clock.clock.now_in_seconds(),
         }

@@ -564,7 +564,7 @@ fn quota_refusal_shows_in_ready_until_a_write_passes() {
     let announce = super::refused(
         &mut plan.status,
         old.as_ref(),
-        ApiRefusal::QuotaExceeded,
+        ApiRefusal::QuotaExceeded.reason(),
         message,
         now,
         Some(1),
@@ -581,7 +581,7 @@ fn quota_refusal_shows_in_ready_until_a_write_passes() {
     assert!(!super::refused(
         &mut again.status,
         old.as_ref(),
-        ApiRefusal::QuotaExceeded,
+        ApiRefusal::QuotaExceeded.reason(),
         message,
         now,
         Some(1),
@@ -612,5 +612,97 @@ fn a_name_that_cannot_name_a_service_is_refused() {
     assert!(
         why.contains("metadata.name") && why.contains("DNS-1035 label"),
         "{why}"
+    );
+}
+
+#[test]
+fn a_name_held_by_a_foreign_object_stops_the_install_until_it_is_freed() {
+    use super::ForeignObject;
+    let mut cluster = Cluster::new(json!({}), vec![version("1.0.0")]);
+    cluster.foreign = vec![
+        ForeignObject {
+            kind: "Service".into(),
+            name: "echo".into(),
+            owner: None,
+        },
+        ForeignObject {
+            kind: "Secret".into(),
+            name: "echo-credentials".into(),
+            owner: Some("Deployment/other".into()),
+        },
+    ];
+    let plan = cluster.reconcile();
+    // Nothing is written under the names: no child, no credentials.
+    assert!(matches!(plan.children, ChildrenPlan::Keep));
+    assert!(matches!(plan.credentials, CredentialsPlan::Keep));
+    assert!(cluster.deployment.is_none());
+    let conflict = plan.name_conflict.expect("a name conflict");
+    assert!(conflict.announce, "the first conflict is announced");
+    let (ready, why) = cluster.condition(conditions::READY);
+    assert_eq!(
+        (ready, why.as_str()),
+        (ConditionStatus::False, "NameConflict")
+    );
+    let message = ready_message(&cluster);
+    assert_eq!(message, conflict.message);
+    assert!(
+        message.contains("Service tenant-a/echo (no controller)")
+            && message.contains("Secret tenant-a/echo-credentials (controller Deployment/other)")
+            && message.contains("never adopts"),
+        "{message}"
+    );
+    // Again: the same status, nothing new to announce.
+    let again = cluster.reconcile();
+    assert!(!again.name_conflict.expect("still a conflict").announce);
+    // The names are freed: the install starts.
+    cluster.foreign.clear();
+    let plan = cluster.reconcile();
+    assert!(plan.name_conflict.is_none());
+    assert!(matches!(plan.children, ChildrenPlan::Apply(_)));
+    assert!(matches!(plan.credentials, CredentialsPlan::Create(_)));
+    assert_eq!(cluster.condition(conditions::READY).1, reason::STARTING);
+}
+
+#[test]
+fn a_secret_without_consent_keeps_the_last_good_config_running() {
+    use super::SecretConfigError;
+    use crate::resources::{FailureReason, validate::FieldError};
+    let mut cluster = Cluster::new(
+        json!({"configFrom": [{"name": "db"}]}),
+        vec![version("1.0.0")],
+    );
+    cluster.reconcile();
+    cluster.kubelet(&[PodState::Ready]);
+    cluster.reconcile();
+    assert_eq!(cluster.phase(), Some(Phase::Active));
+    let running = cluster.template();
+    // The Secret's owner takes its consent back.
+    cluster.secret_config = Err(SecretConfigError {
+        reason: FailureReason::SecretNotShared,
+        error: FieldError::new(
+            "spec.configFrom[0].name",
+            "Secret db does not allow install echo",
+        ),
+    });
+    cluster.edit(|spec| spec["config"] = json!({"level": 2}));
+    let plan = cluster.reconcile();
+    assert!(matches!(plan.children, ChildrenPlan::Keep));
+    assert_eq!(
+        cluster.template(),
+        running,
+        "the last good config keeps running"
+    );
+    let (valid, why) = cluster.condition(conditions::CONFIG_VALID);
+    assert_eq!(
+        (valid, why.as_str()),
+        (ConditionStatus::False, "SecretNotShared")
+    );
+    let message =
+        conditions::find_condition(&cluster.status().conditions, conditions::CONFIG_VALID)
+            .map(|c| c.message.clone())
+            .unwrap_or_default();
+    assert!(
+        message.contains("spec.configFrom[0].name") && message.contains("Secret db"),
+        "{message}"
     );
 }
