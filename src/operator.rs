@@ -21,6 +21,8 @@ use crate::{
 pub enum RunError {
     #[error("cannot build a Kubernetes client (KUBECONFIG or in-cluster): {0}")]
     Client(#[source] kube::Error),
+    #[error("cannot read the Kubernetes client configuration (KUBECONFIG or in-cluster): {0}")]
+    ClientConfig(#[source] kube::config::InferConfigError),
     #[error("cannot reach the API server: {0}")]
     ApiServer(#[source] kube::Error),
     #[error("cannot listen on {addr}: {source}")]
@@ -40,11 +42,25 @@ pub enum RunError {
     Election(#[source] kube_lease_manager::LeaseManagerError),
 }
 
+/// `plugin-operator/<version> (<identity>)`; without the identity if it cannot be a header value.
+fn user_agent(identity: &str) -> axum::http::HeaderValue {
+    let product = format!("plugin-operator/{}", env!("CARGO_PKG_VERSION"));
+    axum::http::HeaderValue::from_str(&format!("{product} ({identity})"))
+        .or_else(|_| axum::http::HeaderValue::from_str(&product))
+        .unwrap_or(axum::http::HeaderValue::from_static("plugin-operator"))
+}
+
 /// Runs until SIGTERM or Ctrl-C.
 pub async fn run(args: RunArgs) -> Result<(), RunError> {
-    let client = kube::Client::try_default()
+    let mut config = kube::Config::infer()
         .await
-        .map_err(RunError::Client)?;
+        .map_err(RunError::ClientConfig)?;
+    // kube sends no User-Agent: name the replica, so the API server's audit log and metrics
+    // tell the operator's requests apart, and one replica's from another's.
+    config
+        .headers
+        .push((axum::http::header::USER_AGENT, user_agent(&args.identity)));
+    let client = kube::Client::try_from(config).map_err(RunError::Client)?;
     let version = client
         .apiserver_version()
         .await
@@ -208,4 +224,23 @@ pub async fn shutdown_signal() {
     #[cfg(not(unix))]
     let term = std::future::pending::<()>();
     tokio::select! { () = ctrl_c => {}, () = term => {} }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_user_agent_names_the_replica() {
+        let version = env!("CARGO_PKG_VERSION");
+        assert_eq!(
+            user_agent("plugin-operator-7d9f-x2"),
+            format!("plugin-operator/{version} (plugin-operator-7d9f-x2)")
+        );
+        // A control character cannot go into a header: the product alone.
+        assert_eq!(
+            user_agent("bad\nidentity"),
+            format!("plugin-operator/{version}")
+        );
+    }
 }

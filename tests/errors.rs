@@ -12,7 +12,7 @@ use plugin_operator::resources::{
     Phase,
     conditions::{READY, reason},
 };
-use serde_json::json;
+use serde_json::{Value, json};
 use support::*;
 
 /// The times the API server received a `patch` of Service `namespace/name`, from its audit log.
@@ -91,6 +91,26 @@ async fn a_quota_that_forbids_services_shows_in_status_and_events_and_retries_sl
         |actions| actions.iter().any(|a| a == "Apply"),
     )
     .await;
+
+    // Each replica names itself to the API server: the refused applies are the operator's.
+    let agent = format!(
+        "plugin-operator/{} ({})",
+        env!("CARGO_PKG_VERSION"),
+        operator().identity
+    );
+    let agents: Vec<Value> = audit_events()
+        .into_iter()
+        .filter(|e| {
+            e["verb"] == "patch"
+                && e["objectRef"]["resource"] == "services"
+                && e["objectRef"]["namespace"] == ns.name.as_str()
+        })
+        .map(|e| e["userAgent"].clone())
+        .collect();
+    assert!(
+        !agents.is_empty() && agents.iter().all(|a| *a == agent.as_str()),
+        "Service patches by {agents:?}, expected {agent}"
+    );
 
     // The refused applies, as the API server saw them: the gaps between them grow.
     // A watch event (the status it wrote) may bring a retry or two at once; after that the
