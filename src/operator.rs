@@ -60,6 +60,21 @@ pub async fn run(args: RunArgs) -> Result<(), RunError> {
     config
         .headers
         .push((axum::http::header::USER_AGENT, user_agent(&args.identity)));
+    // The election has a client of its own, so that its connection is not shared with the
+    // watches and reconciles (a fault of one is not a fault of the other), and every Lease call
+    // gives up in time to be retried before the renew deadline.
+    let election_config = {
+        let mut election = config.clone();
+        let timeout = LeaseTimings {
+            duration: args.lease_duration,
+            renew_before: args.lease_renew_before,
+        }
+        .call_timeout();
+        election.connect_timeout = Some(timeout);
+        election.read_timeout = Some(timeout);
+        election.write_timeout = Some(timeout);
+        election
+    };
     let client = kube::Client::try_from(config).map_err(RunError::Client)?;
     let version = client
         .apiserver_version()
@@ -94,8 +109,9 @@ pub async fn run(args: RunArgs) -> Result<(), RunError> {
             duration: args.lease_duration,
             renew_before: args.lease_renew_before,
         };
+        let election_client = kube::Client::try_from(election_config).map_err(RunError::Client)?;
         let election = Election::start(
-            client.clone(),
+            election_client,
             &args.lease_namespace,
             &args.lease_name,
             &identity,

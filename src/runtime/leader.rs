@@ -46,6 +46,15 @@ pub struct LeaseTimings {
     pub renew_before: u64,
 }
 
+impl LeaseTimings {
+    /// How long one Lease call may take: half the renew margin, between 1 s and 5 s, so that
+    /// a renewal whose call hangs is given up and tried again before the Lease runs out.
+    pub fn call_timeout(&self) -> std::time::Duration {
+        let half = self.renew_before as f64 / 2.0;
+        std::time::Duration::from_secs_f64(half.clamp(1.0, 5.0))
+    }
+}
+
 /// A running election. Dropping [`Election::state`]'s receivers and awaiting
 /// [`Election::step_down`] releases the Lease.
 pub struct Election {
@@ -86,5 +95,22 @@ impl Election {
             Ok(Err(error)) => tracing::warn!(%error, "leader election task failed"),
             Err(_) => tracing::warn!("releasing the leader Lease timed out"),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    #[test]
+    fn a_lease_call_gives_up_within_the_renew_margin() {
+        let timings = |renew_before| LeaseTimings {
+            duration: 15,
+            renew_before,
+        };
+        assert_eq!(timings(5).call_timeout(), Duration::from_millis(2500));
+        assert_eq!(timings(1).call_timeout(), Duration::from_secs(1));
+        assert_eq!(timings(14).call_timeout(), Duration::from_secs(5));
     }
 }
