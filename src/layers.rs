@@ -18,8 +18,9 @@ const LAYERS: &[(&str, &[&str])] = &[
     ),
     ("api", &["resources", "lifecycle", "runtime", "api"]),
     // Binaries beside the operator's (`src/bin/`): the kubectl plugin reads what users write
-    // and the pure decisions, nothing that talks to the cluster on the operator's behalf.
-    ("bin", &["resources", "lifecycle"]),
+    // and the pure decisions, nothing that talks to the cluster on the operator's behalf. A
+    // binary's own modules (`super::…` in its tests) stand sideways, as in every layer.
+    ("bin", &["resources", "lifecycle", "bin"]),
 ];
 
 /// The wiring on top, which may use every layer: `lib.rs` and `main.rs` themselves (the crate
