@@ -3,7 +3,7 @@
 //! object (it is most of an object's size and nothing here reads it).
 use std::{fmt::Debug, future::Future, pin::Pin, sync::Arc};
 
-use futures::{FutureExt, Stream, StreamExt, future};
+use futures::{FutureExt, Stream, StreamExt};
 use k8s_openapi::api::{
     apps::v1::Deployment,
     core::v1::{ConfigMap, Pod, Service, ServiceAccount},
@@ -23,9 +23,6 @@ use super::{
     watch::{Freshness, Relist, Retry, Seen},
 };
 use crate::resources::{Plugin, PluginInstall, PluginVersion, names};
-
-/// How often [`Caches::ready`] looks at the stores again.
-const READY_POLL: std::time::Duration = std::time::Duration::from_millis(100);
 
 /// Events a subscriber may lag behind before the watch waits for it.
 /// Changes a controller may lag behind its feed before it loses some.
@@ -94,13 +91,7 @@ impl Scope {
         store: Store<K>,
     ) -> futures::stream::BoxStream<'static, Result<watcher::Event<K>, watcher::Error>>
     where
-        K: Resource<Scope = k8s_openapi::NamespaceResourceScope>
-            + Clone
-            + DeserializeOwned
-            + Debug
-            + Send
-            + Sync
-            + 'static,
+        K: Watchable,
         K::DynamicType: Default + Eq + std::hash::Hash + Clone + Send + Sync,
     {
         // No backoff here: the caller starts a new watch after each failure ([`Watches`]).
@@ -291,25 +282,16 @@ impl Caches {
         (caches, feeds, watches.drivers)
     }
 
-    /// Resolves once every cache has its first full list.
-    ///
-    /// `Store::wait_until_ready` keeps one waker per store, and the controllers wait on the
-    /// same stores: only the waiter that polled last is woken. So this looks again every
-    /// 100 ms rather than wait to be woken (the controllers are woken by their watch events).
+    /// Resolves once every cache has had its first full list (the freshness the reconcilers
+    /// wait for: every watch starts listing).
     pub async fn ready(&self) -> bool {
         loop {
-            let all = future::join_all([
-                self.installs.wait_until_ready().boxed(),
-                self.plugins.wait_until_ready().boxed(),
-                self.versions.wait_until_ready().boxed(),
-                self.deployments.wait_until_ready().boxed(),
-                self.pods.wait_until_ready().boxed(),
-                self.services.wait_until_ready().boxed(),
-                self.service_accounts.wait_until_ready().boxed(),
-                self.config_maps.wait_until_ready().boxed(),
-            ]);
-            if let Ok(results) = tokio::time::timeout(READY_POLL, all).await {
-                return results.iter().all(Result::is_ok);
+            if self
+                .freshness
+                .wait(std::time::Duration::from_secs(3600))
+                .await
+            {
+                return true;
             }
         }
     }
@@ -326,6 +308,29 @@ struct Watched {
     config: watcher::Config,
 }
 
+/// A kind the caches can watch: namespaced, and what kube's watcher and store need.
+trait Watchable:
+    Resource<Scope = k8s_openapi::NamespaceResourceScope>
+    + Clone
+    + DeserializeOwned
+    + Debug
+    + Send
+    + Sync
+    + 'static
+{
+}
+
+impl<K> Watchable for K where
+    K: Resource<Scope = k8s_openapi::NamespaceResourceScope>
+        + Clone
+        + DeserializeOwned
+        + Debug
+        + Send
+        + Sync
+        + 'static
+{
+}
+
 /// The watches being set up, and their freshness.
 struct Watches {
     drivers: Drivers,
@@ -337,13 +342,7 @@ struct Watches {
 impl Watches {
     fn shared<K>(&mut self, watched: Watched) -> (Store<K>, Feed<K>)
     where
-        K: Resource<Scope = k8s_openapi::NamespaceResourceScope>
-            + Clone
-            + DeserializeOwned
-            + Debug
-            + Send
-            + Sync
-            + 'static,
+        K: Watchable,
         K::DynamicType: Default + Eq + std::hash::Hash + Clone + Send + Sync,
     {
         let (reader, writer) = reflector::store();
@@ -359,13 +358,7 @@ impl Watches {
 
     fn metadata_only<K>(&mut self, watched: Watched) -> Store<PartialObjectMeta<K>>
     where
-        K: Resource<Scope = k8s_openapi::NamespaceResourceScope>
-            + Clone
-            + DeserializeOwned
-            + Debug
-            + Send
-            + Sync
-            + 'static,
+        K: Watchable,
         K::DynamicType: Default + Eq + std::hash::Hash + Clone + Send + Sync,
     {
         let (reader, writer) = reflector::store();
@@ -382,13 +375,7 @@ impl Watches {
         mut writer: reflector::store::Writer<K>,
         mut on_event: impl FnMut(&watcher::Event<K>) + Send + 'static,
     ) where
-        K: Resource<Scope = k8s_openapi::NamespaceResourceScope>
-            + Clone
-            + DeserializeOwned
-            + Debug
-            + Send
-            + Sync
-            + 'static,
+        K: Watchable,
         K::DynamicType: Default + Eq + std::hash::Hash + Clone + Send + Sync,
     {
         let kind = K::kind(&K::DynamicType::default()).into_owned();
