@@ -13,7 +13,7 @@ use crate::{
         cache::{Caches, Scope},
         clock::Clock,
         leader::{Election, LeaderState, LeaseTimings},
-        metrics::{HttpMetrics, Metrics},
+        metrics::{HttpMetrics, InstallMetrics, Metrics},
     },
 };
 
@@ -86,12 +86,12 @@ pub async fn run(args: RunArgs) -> Result<(), RunError> {
     // these and the catalog's.
     let scope = Scope::of(&args.namespaces);
     tracing::info!(?scope, catalog = %args.catalog_namespace, "watching");
+    let (caches, feeds, drivers) = Caches::new(&client, &scope, &args.catalog_namespace);
     let mut registry = Registry::default();
     let metrics = Metrics::register(&mut registry);
     let http_metrics = HttpMetrics::register(&mut registry);
+    InstallMetrics::register(&mut registry, caches.installs.clone());
     let admin_state = admin::AdminState::new(registry);
-
-    let (caches, feeds, drivers) = Caches::new(&client, &scope, &args.catalog_namespace);
     let clock = Clock::system();
 
     let identity = args.identity.clone();

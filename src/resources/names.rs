@@ -34,6 +34,9 @@ pub mod annotations {
     /// On an install: a failure a caller reported (seed 000 `notify-failure`), as JSON
     /// `{"reportedBy": "...", "at": "<RFC 3339>", "message": "..."}`.
     pub const REPORTED_FAILURE: &str = "plugin-operator.dev/reported-failure";
+    /// On an install: a new value (any string; `kubectl plugin-operator retry` writes the time)
+    /// asks for one more try of an install in `Error`, without a change of its spec.
+    pub const RETRY: &str = "plugin-operator.dev/retry";
 }
 
 /// The install's credentials Secret (seed 003): keys and annotations.

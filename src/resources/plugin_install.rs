@@ -394,9 +394,16 @@ pub struct PluginInstallStatus {
     /// When the install was last deactivated (`active: false`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub deactivated_at: Option<Time>,
-    /// Restarts the operator made after a failure.
+    /// When `phase` last changed (kept while it stays the same).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub phase_changed_at: Option<Time>,
+    /// Restarts the operator made: one after a failure, one per retry a user asked for.
     #[serde(default)]
     pub restarts: i32,
+    /// The value of the install's `plugin-operator.dev/retry` annotation the operator last
+    /// answered: a new value is a request for one more try of an install in `Error`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retry_handled: Option<String>,
     /// The last failure: why, when and who reported it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_failure: Option<Failure>,

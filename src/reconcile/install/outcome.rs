@@ -186,6 +186,9 @@ impl<'s> Outcome<'s> {
     pub fn finish<'w>(self, wanted: Wanted<'w>, requeue: Duration) -> Decision<'w> {
         let transition = match (self.old_phase, self.status.phase) {
             (before, Some(after)) if before != Some(after) => {
+                // Stamped here, from the phase the status had, not in `phase()`: one plan may
+                // set the phase more than once.
+                self.status.phase_changed_at = Some(self.now.clone());
                 Some(Transition::new(before, after, self.status))
             }
             _ => None,

@@ -264,6 +264,12 @@ fn made_for(secret: &ObjectMeta) -> &str {
         .map_or("", String::as_str)
 }
 
+/// The `retry` annotation's value when the operator has not answered it yet.
+fn retry_requested(install: &PluginInstall, old: &PluginInstallStatus) -> Option<String> {
+    let value = install.annotations().get(names::annotations::RETRY)?;
+    (old.retry_handled.as_ref() != Some(value)).then(|| value.clone())
+}
+
 /// Decides the status and what the children should be.
 fn decide(world: &World) -> Result<Decision<'_>, BuildError> {
     let install = &*world.install;
@@ -280,7 +286,21 @@ fn decide(world: &World) -> Result<Decision<'_>, BuildError> {
             .as_ref()
             .and_then(|f| FailureReason::parse(&f.reason))
             .is_some_and(|r| r.origin() == FailureOrigin::Input);
-    let previous = if spec_changed || input_error {
+    // A retry the user asked for (a new `retry` annotation) is answered once: an install in
+    // Error starts over as after a spec change, with its pods restarted; in any other phase
+    // there is nothing to retry, and the request is only marked answered, so that it does not
+    // fire at a later Error.
+    let retry = retry_requested(install, &old);
+    if let Some(value) = &retry {
+        status.retry_handled = Some(value.clone());
+    }
+    let retried = retry.is_some() && old.phase == Some(Phase::Error);
+    if retried {
+        status.restarts += 1;
+        // A rollout that ended Failed is tried anew: a new history entry, not the old one.
+        status.target_version = None;
+    }
+    let previous = if spec_changed || input_error || retried {
         None
     } else {
         old.phase

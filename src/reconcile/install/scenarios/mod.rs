@@ -706,3 +706,151 @@ fn a_secret_without_consent_keeps_the_last_good_config_running() {
         "{message}"
     );
 }
+
+/// The time of the last phase change moves with the phase and only with it.
+#[test]
+fn phase_changed_at_follows_the_phase() {
+    let at = |second: i64| Some(Time(Timestamp::from_second(START + second).expect("time")));
+    let mut cluster = Cluster::new(json!({}), vec![version("1.0.0")]);
+    cluster.reconcile();
+    assert_eq!(cluster.status().phase_changed_at, at(0));
+    cluster.clock.advance(3);
+    cluster.kubelet(&[PodState::Pending]);
+    cluster.reconcile();
+    assert_eq!(cluster.phase(), Some(Phase::Starting));
+    assert_eq!(
+        cluster.status().phase_changed_at,
+        at(0),
+        "same phase, same time"
+    );
+    cluster.kubelet(&[PodState::Ready]);
+    cluster.clock.advance(4);
+    cluster.reconcile();
+    assert_eq!(cluster.phase(), Some(Phase::Active));
+    assert_eq!(cluster.status().phase_changed_at, at(7));
+    cluster.clock.advance(100);
+    let plan = cluster.reconcile();
+    assert_eq!(
+        plan.status.phase_changed_at,
+        at(7),
+        "settled: nothing moves"
+    );
+}
+
+/// A status written before the field existed gains it only with the next phase change: a
+/// restart of the operator over settled installs writes nothing.
+#[test]
+fn a_status_without_phase_changed_at_is_left_as_it_is() {
+    let mut cluster = Cluster::new(json!({}), vec![version("1.0.0")]);
+    cluster.active();
+    let mut old = cluster.status().clone();
+    old.phase_changed_at = None;
+    cluster.install.status = Some(old.clone());
+    cluster.clock.advance(60);
+    let plan = cluster.reconcile();
+    assert_eq!(plan.status, old);
+}
+
+fn annotate_retry(cluster: &mut Cluster, value: &str) {
+    cluster
+        .install
+        .metadata
+        .annotations
+        .get_or_insert_with(Default::default)
+        .insert(annotations::RETRY.to_owned(), value.to_owned());
+}
+
+/// `retry` on an install in Error: it starts over once, its pods restarted; the same request
+/// is not answered twice, and the lifecycle ends in Error again when the plugin still fails.
+#[test]
+fn retry_of_an_install_in_error_starts_it_over_once() {
+    let mut cluster = Cluster::new(json!({}), vec![version("1.0.0")]);
+    cluster.reconcile();
+    cluster.kubelet(&[PodState::Waiting("CrashLoopBackOff")]);
+    cluster.reconcile();
+    assert_eq!(cluster.phase(), Some(Phase::Error));
+    let (before, _) = cluster.template();
+    // Without a retry, Error stays (the crash-looping pod is still there).
+    assert_eq!(cluster.reconcile().transition, None);
+
+    annotate_retry(&mut cluster, "2026-12-02T20:00:00Z");
+    let plan = cluster.reconcile();
+    assert_eq!(
+        transition(&plan),
+        Some((Some(Phase::Error), Phase::Starting))
+    );
+    assert_eq!(
+        cluster.status().retry_handled.as_deref(),
+        Some("2026-12-02T20:00:00Z")
+    );
+    assert_eq!(cluster.status().restarts, 1);
+    let (after, _) = cluster.template();
+    assert_ne!(before, after, "the retry rolls the pods");
+    let outcomes = |c: &Cluster| -> Vec<RolloutOutcome> {
+        c.status().history.iter().map(|h| h.outcome).collect()
+    };
+    assert_eq!(
+        outcomes(&cluster),
+        [RolloutOutcome::Failed, RolloutOutcome::Progressing],
+        "the retry is a rollout of its own"
+    );
+
+    // The new pods crash again: Error, and the same annotation does not retry a second time.
+    cluster.kubelet(&[PodState::Waiting("CrashLoopBackOff")]);
+    let plan = cluster.reconcile();
+    assert_eq!(
+        transition(&plan),
+        Some((Some(Phase::Starting), Phase::Error))
+    );
+    assert_eq!(cluster.reconcile().transition, None);
+    assert_eq!(cluster.status().restarts, 1);
+
+    // A new value is a new request; this time the plugin comes up.
+    annotate_retry(&mut cluster, "2026-12-02T20:05:00Z");
+    cluster.reconcile();
+    assert_eq!(cluster.phase(), Some(Phase::Starting));
+    cluster.kubelet(&[PodState::Ready]);
+    cluster.reconcile();
+    assert_eq!(cluster.phase(), Some(Phase::Active));
+    assert_eq!(cluster.status().version.as_deref(), Some("1.0.0"));
+    assert_eq!(
+        outcomes(&cluster),
+        [
+            RolloutOutcome::Failed,
+            RolloutOutcome::Failed,
+            RolloutOutcome::Succeeded
+        ]
+    );
+}
+
+/// `retry` on an install that is not in Error changes nothing but the answered mark, so that
+/// the request does not fire at a later Error.
+#[test]
+fn retry_outside_error_is_only_marked_answered() {
+    let mut cluster = Cluster::new(json!({}), vec![version("1.0.0")]);
+    cluster.active();
+    let (before, _) = cluster.template();
+    annotate_retry(&mut cluster, "r1");
+    let plan = cluster.reconcile();
+    assert_eq!(plan.transition, None);
+    assert_eq!(cluster.status().retry_handled.as_deref(), Some("r1"));
+    assert_eq!(cluster.status().restarts, 0);
+    assert_eq!(cluster.template().0, before);
+
+    cluster.clock.advance(10);
+    cluster.kubelet(&[PodState::Waiting("CrashLoopBackOff")]);
+    cluster.reconcile();
+    cluster.reconcile();
+    let phase = cluster.phase();
+    assert!(
+        matches!(phase, Some(Phase::Restarting | Phase::Error)),
+        "{phase:?}"
+    );
+    let restarts = cluster.status().restarts;
+    cluster.reconcile();
+    assert_eq!(
+        cluster.status().restarts,
+        restarts,
+        "the old request is not answered again"
+    );
+}
