@@ -23,6 +23,7 @@ export KUBECONFIG="$DIR/kubeconfig"
 KUBECTL="$DIR/bin/kubectl"
 TARGET_DIR="${CARGO_TARGET_DIR:-$ROOT/target}"
 OPERATOR_BIN="$TARGET_DIR/debug/plugin-operator"
+PLUGIN_BIN="$TARGET_DIR/debug/kubectl-plugin_operator"   # the kubectl plugin (README "kubectl plugin")
 export NODE_SIM_BIN="${NODE_SIM_BIN:-$TARGET_DIR/debug/node-sim}"   # what cluster.sh starts
 OPERATOR_LOG="$DIR/logs/operator.log"
 EXAMPLES=examples
@@ -63,6 +64,8 @@ quote() {
   printf '%s' "${out[*]}"
 }
 run() { show "kubectl $(quote "$@")"; k "$@"; }
+# The kubectl plugin, shown as a user with it on their PATH types it.
+plugin() { show "kubectl plugin-operator $(quote "$@")"; KUBECONFIG="$KUBECONFIG" "$PLUGIN_BIN" "$@"; }
 now() { date +%H:%M:%S; }
 elapsed() { local s=$(( $(date +%s) - STARTED )); printf '%dm%02ds' $((s / 60)) $((s % 60)); }
 
@@ -215,8 +218,8 @@ printf '%splugin-operator demo%s: a local control plane, the operator, and examp
 
 heading "Build the operator and the node simulator"
 command -v cargo >/dev/null || { echo "cargo is needed (https://rustup.rs)" >&2; exit 1; }
-show "cargo build -p plugin-operator -p devtools --bin plugin-operator --bin node-sim"
-cargo build -p plugin-operator -p devtools --bin plugin-operator --bin node-sim ||
+show "cargo build -p plugin-operator -p devtools --bin plugin-operator --bin kubectl-plugin_operator --bin node-sim"
+cargo build -p plugin-operator -p devtools --bin plugin-operator --bin kubectl-plugin_operator --bin node-sim ||
   { echo "the build failed" >&2; exit 1; }
 
 heading "Start the local control plane"
@@ -308,8 +311,13 @@ check_other_operators
 echo
 get_examples plg,plgv,plgi
 echo
-say "What the operator created for team-a/billing-export (all owned by the install):"
-run -n team-a get deploy,rs,pod,svc,cm,sa -l plugin-operator.dev/install=billing-export
+say "The same, as the kubectl plugin built from this repository shows it (one line per install):"
+plugin status -n team-a
+plugin status -n team-b
+echo
+say "What team-a/billing-export depends on and what the operator created for it (all owned by"
+say "the install), each with its health:"
+plugin trace team-a/billing-export || fail "kubectl plugin-operator trace failed"
 echo
 say "Where callers reach the plugins:"
 get_examples plgi -o custom-columns=NAMESPACE:.metadata.namespace,NAME:.metadata.name,ENDPOINT:.status.endpoint
@@ -372,7 +380,7 @@ note "COUNT: the same reason seen again within minutes (e.g. Active after the re
 note "the first such event, which keeps its first message."
 echo
 say "And in its status:"
-show "kubectl -n team-a get plgi billing-export -o jsonpath='{.status.restarts} {.status.lastFailure}'"
+plugin status -n team-a -o wide
 say "  restarts:    $(field team-a billing-export .status.restarts)"
 say "  lastFailure: $(k -n team-a get plgi billing-export -o go-template='{{with .status.lastFailure}}{{.reason}}: {{.message}} (at {{.time}}, by {{.reportedBy}}){{end}}')"
 say "  the new pod: $(k -n team-a get pod -l plugin-operator.dev/install=billing-export -o jsonpath='{range .items[*]}{.metadata.name} ({.status.phase}) {end}')"
@@ -396,15 +404,12 @@ if POLL=1 wait_until 60 available_is_1_1; then
   run -n team-a get plgi billing-export
   say "UpgradeAvailable: $(k -n team-a get plgi billing-export -o jsonpath='{.status.conditions[?(@.type=="UpgradeAvailable")].message}')"
   echo
-  run -n team-a patch plgi billing-export --type merge -p '{"spec":{"approvedVersion":"1.1.0"}}'
-  say "A rolling update (maxUnavailable 0): 1.0.0 serves until 1.1.0 is ready."
-  start_watch team-a billing-export
-  on_1_1_and_active() { [ "$1" = Active ] && [ "$2" = 1.1.0 ]; }
-  if follow_phases team-a billing-export 150 on_1_1_and_active; then
+  say "approve sets spec.approvedVersion to the available version and follows the rollout"
+  say "(a rolling update, maxUnavailable 0: 1.0.0 serves until 1.1.0 is ready)."
+  if plugin approve team-a/billing-export --timeout 150s; then
     run -n team-a get plgi billing-export
     say "Rollout history:"
-    k -n team-a get plgi billing-export \
-      -o go-template='{{range .status.history}}  {{.version}}  {{.outcome}}  {{.from}} → {{.to}}{{"\n"}}{{end}}'
+    plugin history team-a/billing-export
     say "Pods: $(k -n team-a get pod -l plugin-operator.dev/install=billing-export -o jsonpath='{range .items[*]}{.metadata.name} (version {.metadata.labels.plugin-operator\.dev/version}, {.status.phase}) {end}')"
     ok "upgraded to 1.1.0"
   else
