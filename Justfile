@@ -27,6 +27,13 @@ run: cluster-up crds-install
 demo:
     devtools/scripts/demo.sh
 
+# Measure the operator at scale on the local control plane, each figure beside its yardstick
+# (target/bench/report.json and report.svg; docs/benchmarks.md). N=5000 just bench for more.
+bench: cluster-up crds-install
+    cargo build --release --bin plugin-operator
+    cargo bench --bench api
+    KUBECONFIG={{kubeconfig}} cargo bench --bench scale
+
 # Everything a contributor must pass: format, lints, unit and end-to-end tests
 test: tools fmt-check lint unit e2e e2e-faults
 

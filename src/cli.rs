@@ -88,6 +88,10 @@ pub struct RunArgs {
     /// `spec.ttlSecondsAfterFinished` says otherwise.
     #[arg(long, default_value_t = 604_800, value_parser = clap::value_parser!(i64).range(0..))]
     pub job_ttl_seconds: i64,
+    /// Seconds after which a settled object is reconciled again without a change (what a lost
+    /// trigger waits at most). Shorter costs reads and CPU, never writes.
+    #[arg(long, default_value_t = 300, value_parser = clap::value_parser!(u64).range(1..))]
+    pub resync_seconds: u64,
     /// Name of the leader-election Lease (two releases in one namespace need two names).
     #[arg(
         long,

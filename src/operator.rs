@@ -143,6 +143,7 @@ pub async fn run(args: RunArgs) -> Result<(), RunError> {
         health_checker: HealthChecker::new().map_err(RunError::HealthChecker)?,
         recent: Default::default(),
         backoffs: Default::default(),
+        resync: std::time::Duration::from_secs(args.resync_seconds),
     });
 
     let admin_listener =

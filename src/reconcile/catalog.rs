@@ -34,7 +34,7 @@ pub async fn reconcile_plugin(plugin: Arc<Plugin>, ctx: Arc<Context>) -> Result<
         Time(ctx.clock.now_in_seconds()),
     );
     apply::status(&ctx, &ctx.recent.plugins, &*plugin, &status).await?;
-    Ok(Action::requeue(RESYNC))
+    Ok(ctx.requeue(RESYNC))
 }
 
 /// A Plugin's status from its versions and the installs that name it. Pure.
@@ -120,7 +120,7 @@ pub async fn reconcile_version(
         now,
     );
     apply::status(&ctx, &ctx.recent.versions, &*version, &status).await?;
-    Ok(Action::requeue(RESYNC))
+    Ok(ctx.requeue(RESYNC))
 }
 
 /// The finalizer that keeps a PluginVersion while installs use it.

@@ -52,6 +52,20 @@ pub struct Context {
     pub recent: RecentWrites,
     /// Failures in a row per object, for the growing retry delays.
     pub backoffs: Backoffs,
+    /// How long a settled object waits for its next reconcile without a change
+    /// (`--resync-seconds`; [`install::RESYNC`] by default).
+    pub resync: Duration,
+}
+
+impl Context {
+    /// The plans' requeue with the configured resync in place of the default one.
+    pub fn requeue(&self, requeue: Duration) -> Action {
+        Action::requeue(if requeue == install::RESYNC {
+            self.resync
+        } else {
+            requeue
+        })
+    }
 }
 
 /// What the reconcilers just wrote, per kind (see [`cache::Recent`]).

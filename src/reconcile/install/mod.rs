@@ -112,5 +112,5 @@ pub async fn reconcile(install: Arc<PluginInstall>, ctx: Arc<Context>) -> Result
         // Retried like a refused write: from 5 s, doubling; the name may be freed meanwhile.
         return Err(Error::NameConflict(conflict.message));
     }
-    Ok(Action::requeue(requeue))
+    Ok(ctx.requeue(requeue))
 }
