@@ -24,7 +24,7 @@ use std::{
 
 use futures::future::BoxFuture;
 use k8s_openapi::{
-    api::core::v1::{ConfigMap, Service, ServiceAccount},
+    api::core::v1::{ConfigMap, Secret, Service, ServiceAccount},
     jiff::{SignedDuration, Timestamp},
 };
 use kube::{
@@ -154,6 +154,7 @@ fn caches() -> Caches {
         services: filled(Vec::<PartialObjectMeta<Service>>::new()),
         service_accounts: filled(accounts),
         config_maps: filled(Vec::<PartialObjectMeta<ConfigMap>>::new()),
+        secrets: filled(Vec::<PartialObjectMeta<Secret>>::new()),
         freshness: Default::default(),
     }
 }

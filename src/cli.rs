@@ -92,6 +92,10 @@ pub struct RunArgs {
     /// trigger waits at most). Shorter costs reads and CPU, never writes.
     #[arg(long, default_value_t = 300, value_parser = clap::value_parser!(u64).range(1..))]
     pub resync_seconds: u64,
+    /// Reconciles run at once, per kind. Most of a reconcile is waiting for the API server,
+    /// so more than the cores helps until the API server is the limit.
+    #[arg(long, default_value_t = 32, value_parser = clap::value_parser!(u16).range(1..))]
+    pub reconcile_concurrency: u16,
     /// Name of the leader-election Lease (two releases in one namespace need two names).
     #[arg(
         long,

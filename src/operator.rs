@@ -205,7 +205,7 @@ pub async fn run(args: RunArgs) -> Result<(), RunError> {
     };
     tokio::spawn(readiness);
     // Subscribe the controllers before the watches start, so they see the first lists.
-    let controllers = reconcile::run(ctx, feeds);
+    let controllers = reconcile::run(ctx, feeds, args.reconcile_concurrency);
     for driver in drivers {
         tokio::spawn(driver);
     }

@@ -65,9 +65,14 @@ pub async fn children(ctx: &Context, children: &Children) -> Result<(), Error> {
         template_hash: _,
     } = children;
     let caches = &ctx.caches;
-    apply_if_changed(ctx, service_account, &caches.service_accounts).await?;
-    apply_if_changed(ctx, config_map, &caches.config_maps).await?;
-    apply_if_changed(ctx, service, &caches.services).await?;
+    // The three that depend on nothing go together (a new install waits one round trip, not
+    // three); the Deployment last, once its ServiceAccount and ConfigMap are there, so its
+    // pods are not refused for lack of them.
+    futures::try_join!(
+        apply_if_changed(ctx, service_account, &caches.service_accounts),
+        apply_if_changed(ctx, config_map, &caches.config_maps),
+        apply_if_changed(ctx, service, &caches.services),
+    )?;
     apply_if_changed(ctx, deployment, &caches.deployments).await?;
     Ok(())
 }

@@ -16,9 +16,11 @@ use futures::StreamExt;
 use kube::{
     Client, Resource, ResourceExt,
     runtime::{
-        Controller,
+        Controller, WatchStreamExt,
         controller::{self, Action},
+        predicates,
         reflector::{ObjectRef, Store},
+        utils::{Predicate, PredicateConfig},
     },
 };
 
@@ -253,10 +255,14 @@ fn install_of_child<K: Resource>(child: &K) -> Option<ObjectRef<PluginInstall>> 
 /// The three controllers, subscribed to the caches' feeds now (so call it before the watches
 /// start); the future runs them until the process stops. Only the Lease holder acts (the
 /// reconcilers check [`LeaderState`]), and on gaining the lease every object is reconciled.
-pub fn run(ctx: Arc<Context>, feeds: cache::Feeds) -> impl Future<Output = ()> + Send + 'static {
+pub fn run(
+    ctx: Arc<Context>,
+    feeds: cache::Feeds,
+    concurrency: u16,
+) -> impl Future<Output = ()> + Send + 'static {
     let caches = ctx.caches.clone();
     let config = controller::Config::default()
-        .concurrency(8)
+        .concurrency(concurrency)
         .debounce(Duration::from_millis(200));
     let relations = Relations {
         caches: caches.clone(),
@@ -270,7 +276,18 @@ pub fn run(ctx: Arc<Context>, feeds: cache::Feeds) -> impl Future<Output = ()> +
             relations.clone(),
             relations.clone(),
         );
-        Controller::for_stream(feeds.installs.applied(), caches.installs.clone())
+        // An install is reconciled when what a user sets changes (spec, labels, annotations,
+        // finalizers; a deletion bumps the generation), not when its status does: the status is
+        // what a reconcile just wrote, and rereading it is a reconcile with nothing to do.
+        let user_changes = predicates::generation
+            .combine(predicates::annotations)
+            .combine(predicates::labels)
+            .combine(predicates::finalizers);
+        let installs = feeds
+            .installs
+            .applied()
+            .predicate_filter(user_changes, PredicateConfig::default());
+        Controller::for_stream(installs, caches.installs.clone())
             .with_config(config.clone())
             .owns_stream(feeds.deployments.applied())
             .watches_stream(feeds.deployments.deleted(), |d: Deployment| {

@@ -6,7 +6,7 @@ use std::{fmt::Debug, future::Future, pin::Pin, sync::Arc};
 use futures::{FutureExt, Stream, StreamExt};
 use k8s_openapi::api::{
     apps::v1::Deployment,
-    core::v1::{ConfigMap, Pod, Service, ServiceAccount},
+    core::v1::{ConfigMap, Pod, Secret, Service, ServiceAccount},
 };
 use kube::{
     Api, Client, Resource, ResourceExt,
@@ -123,6 +123,8 @@ pub struct Caches {
     pub services: Store<PartialObjectMeta<Service>>,
     pub service_accounts: Store<PartialObjectMeta<ServiceAccount>>,
     pub config_maps: Store<PartialObjectMeta<ConfigMap>>,
+    /// The Secrets the operator made (credentials), metadata only: their data is never cached.
+    pub secrets: Store<PartialObjectMeta<Secret>>,
     /// Whether every one of these stores is current (listed, its watch not broken since).
     pub freshness: Freshness,
 }
@@ -260,6 +262,7 @@ impl Caches {
         let services = watches.metadata_only::<Service>(watched(scope, &owned));
         let service_accounts = watches.metadata_only::<ServiceAccount>(watched(scope, &owned));
         let config_maps = watches.metadata_only::<ConfigMap>(watched(scope, &owned));
+        let secrets = watches.metadata_only::<Secret>(watched(scope, &owned));
 
         let caches = Self {
             installs,
@@ -270,6 +273,7 @@ impl Caches {
             services,
             service_accounts,
             config_maps,
+            secrets,
             freshness: watches.freshness,
         };
         let feeds = Feeds {

@@ -140,14 +140,20 @@ pub async fn observe(install: &Arc<PluginInstall>, ctx: &Context) -> Result<Worl
     let uid = install.uid().unwrap_or_default();
     let mut foreign = Vec::new();
     let credentials_name = names::credentials_secret_name(&name);
+    // The credentials Secret from the cache of the Secrets the operator labelled; one that is
+    // not there is looked up by name (it may be someone else's, never cached), so steady state
+    // makes no request.
     let credentials = match &plugin {
-        Ok(_) => {
-            let api: Api<Secret> = Api::namespaced(ctx.client.clone(), &namespace);
-            with_timeout(api.get_metadata_opt(&credentials_name))
-                .await
-                .map(|found| found.map(|secret| secret.metadata))
-                .map_err(|error| ReadError::from(&error))
-        }
+        Ok(_) => match cache::get(&ctx.caches.secrets, &namespace, &credentials_name) {
+            Some(cached) => Ok(Some(cached.metadata.clone())),
+            None => {
+                let api: Api<Secret> = Api::namespaced(ctx.client.clone(), &namespace);
+                with_timeout(api.get_metadata_opt(&credentials_name))
+                    .await
+                    .map(|found| found.map(|secret| secret.metadata))
+                    .map_err(|error| ReadError::from(&error))
+            }
+        },
         Err(_) => Ok(None),
     };
     if let Ok(Some(secret)) = &credentials
@@ -189,55 +195,41 @@ async fn foreign_children(
 ) -> Result<Vec<ForeignObject>, Error> {
     let caches = &ctx.caches;
     let config_map = names::config_map_name(name);
+    // Looked up together: for a new install none is cached, and four round trips one after
+    // the other would be most of its first reconcile.
+    let (account, config, service, deployment) = futures::try_join!(
+        owners_of::<ServiceAccount>(
+            ctx,
+            namespace,
+            name,
+            cache::get(&caches.service_accounts, namespace, name)
+                .map(|o| o.owner_references().to_vec()),
+        ),
+        owners_of::<ConfigMap>(
+            ctx,
+            namespace,
+            &config_map,
+            cache::get(&caches.config_maps, namespace, &config_map)
+                .map(|o| o.owner_references().to_vec()),
+        ),
+        owners_of::<Service>(
+            ctx,
+            namespace,
+            name,
+            cache::get(&caches.services, namespace, name).map(|o| o.owner_references().to_vec()),
+        ),
+        owners_of::<Deployment>(
+            ctx,
+            namespace,
+            name,
+            cache::get(&caches.deployments, namespace, name).map(|o| o.owner_references().to_vec()),
+        ),
+    )?;
     let found = [
-        (
-            "ServiceAccount",
-            name,
-            owners_of::<ServiceAccount>(
-                ctx,
-                namespace,
-                name,
-                cache::get(&caches.service_accounts, namespace, name)
-                    .map(|o| o.owner_references().to_vec()),
-            )
-            .await?,
-        ),
-        (
-            "ConfigMap",
-            config_map.as_str(),
-            owners_of::<ConfigMap>(
-                ctx,
-                namespace,
-                &config_map,
-                cache::get(&caches.config_maps, namespace, &config_map)
-                    .map(|o| o.owner_references().to_vec()),
-            )
-            .await?,
-        ),
-        (
-            "Service",
-            name,
-            owners_of::<Service>(
-                ctx,
-                namespace,
-                name,
-                cache::get(&caches.services, namespace, name)
-                    .map(|o| o.owner_references().to_vec()),
-            )
-            .await?,
-        ),
-        (
-            "Deployment",
-            name,
-            owners_of::<Deployment>(
-                ctx,
-                namespace,
-                name,
-                cache::get(&caches.deployments, namespace, name)
-                    .map(|o| o.owner_references().to_vec()),
-            )
-            .await?,
-        ),
+        ("ServiceAccount", name, account),
+        ("ConfigMap", config_map.as_str(), config),
+        ("Service", name, service),
+        ("Deployment", name, deployment),
     ];
     Ok(found
         .into_iter()
