@@ -157,10 +157,12 @@ impl LeaseTimings {
         Duration::from_secs(self.duration.saturating_sub(self.renew_before))
     }
 
-    /// How often the leader renews and a candidate tries: a quarter of the renew deadline, at
-    /// most 2 s (controller-runtime's retry period), so several tries fit in the deadline.
+    /// How often the leader renews and a candidate tries: a fifth of the renew deadline, at
+    /// most 2 s (controller-runtime's 10 s deadline has a 2 s retry period), so several tries
+    /// fit in the deadline, and a candidate takes an abandoned Lease within its duration plus
+    /// two periods.
     pub fn retry_period(&self) -> Duration {
-        (self.renew_deadline() / 4).clamp(Duration::from_millis(250), Duration::from_secs(2))
+        (self.renew_deadline() / 5).clamp(Duration::from_millis(200), Duration::from_secs(2))
     }
 
     fn lease_duration(&self) -> Duration {
@@ -499,8 +501,8 @@ mod tests {
         assert_eq!(timings(15, 5).renew_deadline(), Duration::from_secs(10));
         assert_eq!(timings(15, 5).retry_period(), Duration::from_secs(2));
         assert_eq!(timings(6, 2).renew_deadline(), Duration::from_secs(4));
-        assert_eq!(timings(6, 2).retry_period(), Duration::from_secs(1));
-        assert_eq!(timings(2, 1).retry_period(), Duration::from_millis(250));
+        assert_eq!(timings(6, 2).retry_period(), Duration::from_millis(800));
+        assert_eq!(timings(2, 1).retry_period(), Duration::from_millis(200));
     }
 
     #[test]

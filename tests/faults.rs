@@ -1,0 +1,383 @@
+//! Leadership under faults, end to end, with replicas of the real binary behind fault proxies
+//! (devtools::fault_proxy) on the local control plane:
+//! 1. a leader whose renewals hang (only its election connection frozen) stops writing before
+//!    another replica takes over, and comes back as a standby without taking the Lease back;
+//! 2. a leader cut off from the API server is replaced within the lease duration + 2 s, with
+//!    no child duplicated or lost;
+//! 3. chaos: replicas killed at random while installs churn; everything converges, then a
+//!    60 s idle window has no write.
+//! Ignored by `cargo test`: `just e2e-faults` runs them one at a time (their timings are the
+//! subject) on a cluster of their own.
+mod support;
+
+use std::{
+    net::SocketAddr,
+    path::PathBuf,
+    time::{Duration, Instant},
+};
+
+use devtools::{
+    fault_proxy::FaultProxy,
+    testkit::{self, wait_until},
+};
+use k8s_openapi::api::{
+    apps::v1::Deployment,
+    core::v1::{ConfigMap, Service, ServiceAccount},
+};
+use kube::{Api, Client, api::ListParams};
+use plugin_operator::resources::Phase;
+use serde_json::json;
+use support::{
+    replica::{Replica, Write, holder, lease, writes_in},
+    *,
+};
+
+/// Short Lease timings keep the tests fast: a 6 s Lease, a 4 s renew deadline.
+const LEASE_DURATION: u64 = 6;
+const RENEW_BEFORE: u64 = 2;
+
+fn flags(namespace: &str, extra: &[String]) -> Vec<String> {
+    [
+        "--lease-namespace",
+        namespace,
+        "--namespace",
+        namespace,
+        "--lease-duration",
+        &LEASE_DURATION.to_string(),
+        "--lease-renew-before",
+        &RENEW_BEFORE.to_string(),
+    ]
+    .into_iter()
+    .map(str::to_owned)
+    .chain(extra.iter().cloned())
+    .collect()
+}
+
+/// The API server's address, from the local cluster's kubeconfig.
+fn api_server() -> (SocketAddr, String) {
+    let kubeconfig = kube::config::Kubeconfig::read_from(testkit::local_kubeconfig_path())
+        .expect("the local cluster's kubeconfig");
+    let server = kubeconfig.clusters[0]
+        .cluster
+        .as_ref()
+        .and_then(|c| c.server.clone())
+        .expect("a server URL");
+    let addr = server
+        .trim_start_matches("https://")
+        .trim_end_matches('/')
+        .parse()
+        .expect("https://<ip>:<port>");
+    (addr, server)
+}
+
+/// A copy of the local kubeconfig whose server is `proxy` (all of a replica's traffic).
+fn kubeconfig_through(proxy: &FaultProxy, name: &str) -> PathBuf {
+    let path = testkit::local_kubeconfig_path();
+    let (_, server) = api_server();
+    let text = std::fs::read_to_string(&path).expect("kubeconfig");
+    let through = path.with_file_name(format!("kubeconfig-{name}"));
+    std::fs::write(
+        &through,
+        text.replace(&server, &format!("https://{}", proxy.addr())),
+    )
+    .expect("write kubeconfig");
+    through
+}
+
+async fn count_children(client: &Client, namespace: &str, install: &str) -> [usize; 4] {
+    let lp = ListParams::default().labels(&format!("plugin-operator.dev/install={install}"));
+    let deployments = Api::<Deployment>::namespaced(client.clone(), namespace);
+    let services = Api::<Service>::namespaced(client.clone(), namespace);
+    let accounts = Api::<ServiceAccount>::namespaced(client.clone(), namespace);
+    let config_maps = Api::<ConfigMap>::namespaced(client.clone(), namespace);
+    let (deployments, services, accounts, config_maps) = tokio::join!(
+        deployments.list(&lp),
+        services.list(&lp),
+        accounts.list(&lp),
+        config_maps.list(&lp),
+    );
+    [
+        deployments.expect("deployments").items.len(),
+        services.expect("services").items.len(),
+        accounts.expect("accounts").items.len(),
+        config_maps.expect("config maps").items.len(),
+    ]
+}
+
+async fn wait_holder(
+    client: &Client,
+    namespace: &str,
+    what: &str,
+    ok: impl Fn(&str) -> bool,
+) -> String {
+    wait_until(what, DEADLINE, || async {
+        match holder(client, namespace).await {
+            Some(h) if ok(&h) => Ok(h),
+            other => Err(format!("holder {other:?}")),
+        }
+    })
+    .await
+}
+
+/// Writes of replica `old` that reached the API server after the first successful write of
+/// `new` (its taking of the Lease): none may have passed; a Lease write of `old` delivered late
+/// is allowed only if the API server refused it (it was written on a stale resource version).
+fn stale_writes(namespace: &str, old: &str, new: &str) -> (Vec<Write>, Vec<Write>) {
+    let writes = writes_in(namespace);
+    let taken = writes
+        .iter()
+        .find(|w| w.by(new) && w.succeeded())
+        .unwrap_or_else(|| panic!("{new} wrote nothing"))
+        .received;
+    let late: Vec<Write> = writes
+        .into_iter()
+        .filter(|w| w.by(old) && w.received > taken)
+        .collect();
+    late.into_iter()
+        .partition(|w| w.is_lease() && !w.succeeded())
+}
+
+/// Watches the Lease for `window`: its holder must stay `holder` and it must change hands
+/// no more (a flapping replica would take it back).
+async fn holder_stays(client: &Client, namespace: &str, holder_identity: &str, window: Duration) {
+    let transitions = |l: Option<k8s_openapi::api::coordination::v1::Lease>| {
+        l.and_then(|l| l.spec).and_then(|s| s.lease_transitions)
+    };
+    let before = transitions(lease(client, namespace).await);
+    let start = Instant::now();
+    // A deliberate observation window: the subject is that nothing happens in it.
+    while start.elapsed() < window {
+        assert_eq!(
+            holder(client, namespace).await.as_deref(),
+            Some(holder_identity),
+            "the Lease changed hands {:.1?} into the window",
+            start.elapsed()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert_eq!(transitions(lease(client, namespace).await), before);
+}
+
+#[tokio::test]
+#[ignore = "fault tier: just e2e-faults"]
+async fn a_leader_whose_renewals_hang_stops_writing_before_another_takes_over() {
+    let client = testkit::client().await;
+    install_crds(&client).await;
+    let ns = namespace(&client, "hung").await;
+    let (upstream, _) = api_server();
+    let identities = ["hung-a", "hung-b"];
+    let mut proxies = Vec::new();
+    let mut replicas = Vec::new();
+    for identity in identities {
+        let proxy = FaultProxy::start(upstream).await.expect("proxy");
+        let election = format!("https://{}", proxy.addr());
+        replicas.push(Replica::start(
+            identity,
+            &flags(&ns.name, &["--election-server".into(), election]),
+            &testkit::local_kubeconfig_path(),
+        ));
+        proxies.push(proxy);
+    }
+    let first = wait_holder(&client, &ns.name, "a leader", |_| true).await;
+    let old = identities.iter().position(|i| *i == first).expect("ours");
+    let second_identity = identities[1 - old];
+
+    plugin(&client, &ns.name, "echo").await;
+    version(&client, &ns.name, "echo", "1.0.0", "ready").await;
+    for i in 0..3 {
+        install(
+            &client,
+            &ns.name,
+            &format!("echo-{i}"),
+            json!({"plugin": "echo"}),
+        )
+        .await;
+    }
+    for i in 0..3 {
+        wait_phase(&client, &ns.name, &format!("echo-{i}"), Phase::Active).await;
+    }
+
+    // Hang the leader's renewals; its watches and writes still reach the API server.
+    proxies[old].freeze();
+    let frozen = Instant::now();
+    // Keep work coming, so that a leader that did not stop would write: an install every
+    // half second until another replica holds the Lease.
+    let mut created = 3;
+    let second = loop {
+        match holder(&client, &ns.name).await {
+            Some(h) if h != first => break h,
+            _ => {}
+        }
+        assert!(frozen.elapsed() < DEADLINE, "nobody took over");
+        install(
+            &client,
+            &ns.name,
+            &format!("echo-{created}"),
+            json!({"plugin": "echo"}),
+        )
+        .await;
+        created += 1;
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    };
+    let took = frozen.elapsed();
+    println!(
+        "hung renewal: {first}'s election frozen, {second} holds the Lease after {took:.1?} \
+         (lease {LEASE_DURATION}s, renew deadline {}s); {created} installs",
+        LEASE_DURATION - RENEW_BEFORE
+    );
+    assert_eq!(second, second_identity);
+    for i in 0..created {
+        wait_phase(&client, &ns.name, &format!("echo-{i}"), Phase::Active).await;
+    }
+    let converged = frozen.elapsed();
+
+    // Deliver what was held: late renewals of the old leader arrive now.
+    proxies[old].restore();
+    holder_stays(
+        &client,
+        &ns.name,
+        &second,
+        Duration::from_secs(3 * LEASE_DURATION),
+    )
+    .await;
+
+    let (refused_lease_writes, stale) = stale_writes(&ns.name, &first, &second);
+    let earlier = writes_in(&ns.name)
+        .into_iter()
+        .filter(|w| w.by(&first) && !w.is_lease() && w.succeeded())
+        .count();
+    println!(
+        "hung renewal: {first} wrote {earlier} objects while leading; after {second} took over: \
+         {} writes, {} late Lease writes refused; all {created} Active {converged:.1?} after the freeze",
+        stale.len(),
+        refused_lease_writes.len()
+    );
+    assert!(earlier > 0, "{first} reconciled before the fault");
+    assert!(
+        stale.is_empty(),
+        "writes of {first} after {second} took over:\n{}",
+        stale
+            .iter()
+            .map(ToString::to_string)
+            .collect::<Vec<_>>()
+            .join("\n")
+    );
+    for i in 0..created {
+        let name = format!("echo-{i}");
+        assert_eq!(
+            count_children(&client, &ns.name, &name).await,
+            [1, 1, 1, 1],
+            "{name}"
+        );
+    }
+
+    // The old leader is a standby again: it takes over when the new one dies.
+    replicas[1 - old].kill();
+    let killed = Instant::now();
+    wait_holder(&client, &ns.name, "the old leader back", |h| h == first).await;
+    println!(
+        "hung renewal: {first} took the Lease back {:.1?} after {second} was killed",
+        killed.elapsed()
+    );
+}
+
+#[tokio::test]
+#[ignore = "fault tier: just e2e-faults"]
+async fn a_leader_cut_off_is_replaced_within_the_lease_duration() {
+    let client = testkit::client().await;
+    install_crds(&client).await;
+    let ns = namespace(&client, "cut").await;
+    let (upstream, _) = api_server();
+    let proxy = FaultProxy::start(upstream).await.expect("proxy");
+    // All of the first replica's traffic goes through the proxy; it leads before the other
+    // one starts.
+    let _a = Replica::start(
+        "cut-a",
+        &flags(&ns.name, &[]),
+        &kubeconfig_through(&proxy, "cut-a"),
+    );
+    wait_holder(&client, &ns.name, "cut-a to lead", |h| h == "cut-a").await;
+    let _b = Replica::start(
+        "cut-b",
+        &flags(&ns.name, &[]),
+        &testkit::local_kubeconfig_path(),
+    );
+
+    plugin(&client, &ns.name, "echo").await;
+    version(&client, &ns.name, "echo", "1.0.0", "ready").await;
+    for i in 0..3 {
+        install(
+            &client,
+            &ns.name,
+            &format!("echo-{i}"),
+            json!({"plugin": "echo"}),
+        )
+        .await;
+    }
+    for i in 0..3 {
+        wait_phase(&client, &ns.name, &format!("echo-{i}"), Phase::Active).await;
+    }
+
+    proxy.cut();
+    let cut = Instant::now();
+    wait_holder(&client, &ns.name, "cut-b to take over", |h| h == "cut-b").await;
+    let took = cut.elapsed();
+    println!(
+        "cut leader: cut-a cut off, cut-b holds the Lease after {took:.1?} (lease {LEASE_DURATION}s)"
+    );
+    assert!(
+        took <= Duration::from_secs(LEASE_DURATION + 2),
+        "took {took:?}, lease duration {LEASE_DURATION}s"
+    );
+
+    // The new leader reconciles: a new install comes up, and a crash is restarted.
+    install(&client, &ns.name, "echo-3", json!({"plugin": "echo"})).await;
+    wait_phase(&client, &ns.name, "echo-3", Phase::Active).await;
+    crash_pods(&client, &ns.name, "echo-0").await;
+    wait_install(
+        &client,
+        &ns.name,
+        "echo-0",
+        "restarted by the new leader",
+        |i| {
+            i.status.as_ref().is_some_and(|s| s.restarts == 1) && phase_of(i) == Some(Phase::Active)
+        },
+    )
+    .await;
+    println!(
+        "cut leader: new install Active and a crash restarted {:.1?} after the cut",
+        cut.elapsed()
+    );
+
+    // Reconnected, the old leader stays a standby.
+    proxy.restore();
+    holder_stays(
+        &client,
+        &ns.name,
+        "cut-b",
+        Duration::from_secs(2 * LEASE_DURATION),
+    )
+    .await;
+    let (_, stale) = stale_writes(&ns.name, "cut-a", "cut-b");
+    assert!(
+        stale.is_empty(),
+        "writes of cut-a after cut-b took over:\n{}",
+        stale
+            .iter()
+            .map(ToString::to_string)
+            .collect::<Vec<_>>()
+            .join("\n")
+    );
+    for i in 0..4 {
+        let name = format!("echo-{i}");
+        assert_eq!(
+            count_children(&client, &ns.name, &name).await,
+            [1, 1, 1, 1],
+            "{name}"
+        );
+        assert_eq!(
+            phase_of(&get_install(&client, &ns.name, &name).await),
+            Some(Phase::Active)
+        );
+    }
+}
