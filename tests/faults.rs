@@ -381,3 +381,395 @@ async fn a_leader_cut_off_is_replaced_within_the_lease_duration() {
         );
     }
 }
+
+/// SplitMix64: a seeded generator, so that a failing chaos schedule can be replayed
+/// (`CHAOS_SEED=<seed>`).
+struct Rng(u64);
+
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^ (z >> 31)
+    }
+
+    /// In `range` (half open).
+    fn within(&mut self, range: std::ops::Range<u64>) -> u64 {
+        range.start + self.next() % (range.end - range.start)
+    }
+}
+
+/// What the test last asked of an install.
+#[derive(Clone, Debug)]
+struct Wanted {
+    version: &'static str,
+    active: bool,
+    deleted: bool,
+}
+
+/// Children per install in the namespace: [Deployments, Services, ServiceAccounts, ConfigMaps].
+async fn children_by_install(
+    client: &Client,
+    namespace: &str,
+) -> std::collections::HashMap<String, [usize; 4]> {
+    fn install_of(meta: &kube::api::ObjectMeta) -> Option<String> {
+        meta.labels
+            .as_ref()?
+            .get("plugin-operator.dev/install")
+            .cloned()
+    }
+    let lp = ListParams::default().labels("plugin-operator.dev/install");
+    let mut counts = std::collections::HashMap::<String, [usize; 4]>::new();
+    let mut add = |kind: usize, metas: Vec<kube::api::ObjectMeta>| {
+        for meta in metas {
+            if let Some(install) = install_of(&meta) {
+                counts.entry(install).or_default()[kind] += 1;
+            }
+        }
+    };
+    let items = |e: &str| format!("list {e}");
+    add(
+        0,
+        Api::<Deployment>::namespaced(client.clone(), namespace)
+            .list(&lp)
+            .await
+            .expect(&items("deployments"))
+            .items
+            .into_iter()
+            .map(|o| o.metadata)
+            .collect(),
+    );
+    add(
+        1,
+        Api::<Service>::namespaced(client.clone(), namespace)
+            .list(&lp)
+            .await
+            .expect(&items("services"))
+            .items
+            .into_iter()
+            .map(|o| o.metadata)
+            .collect(),
+    );
+    add(
+        2,
+        Api::<ServiceAccount>::namespaced(client.clone(), namespace)
+            .list(&lp)
+            .await
+            .expect(&items("accounts"))
+            .items
+            .into_iter()
+            .map(|o| o.metadata)
+            .collect(),
+    );
+    add(
+        3,
+        Api::<ConfigMap>::namespaced(client.clone(), namespace)
+            .list(&lp)
+            .await
+            .expect(&items("config maps"))
+            .items
+            .into_iter()
+            .map(|o| o.metadata)
+            .collect(),
+    );
+    counts
+}
+
+/// Why the namespace has not converged to `wanted` yet (`None` when it has): every install
+/// that is not deleted is in its phase, at its version, its status up to date with its spec,
+/// with one of each child (no Deployment when inactive); a deleted install has no child left.
+async fn not_converged(
+    client: &Client,
+    namespace: &str,
+    wanted: &std::collections::BTreeMap<String, Wanted>,
+) -> Option<String> {
+    let installs: Api<plugin_operator::resources::PluginInstall> =
+        Api::namespaced(client.clone(), namespace);
+    let listed: std::collections::HashMap<_, _> = installs
+        .list(&ListParams::default())
+        .await
+        .expect("list installs")
+        .items
+        .into_iter()
+        .map(|i| (kube::ResourceExt::name_any(&i), i))
+        .collect();
+    let children = children_by_install(client, namespace).await;
+    let mut waiting = Vec::new();
+    for (name, want) in wanted {
+        let counts = children.get(name).copied().unwrap_or_default();
+        let install = listed.get(name);
+        let problem = match (install, want.deleted) {
+            (Some(_), true) => Some("not deleted yet".to_owned()),
+            (None, true) if counts != [0; 4] => Some(format!("children left {counts:?}")),
+            (None, true) => None,
+            (None, false) => Some("missing".to_owned()),
+            (Some(install), false) => {
+                let status = install.status.clone().unwrap_or_default();
+                let phase = if want.active {
+                    Phase::Active
+                } else {
+                    Phase::Inactive
+                };
+                if status.observed_generation != install.metadata.generation {
+                    Some("status not up to date".to_owned())
+                } else if status.phase != Some(phase) {
+                    Some(format!("phase {:?}, want {phase}", status.phase))
+                } else if want.active && status.version.as_deref() != Some(want.version) {
+                    Some(format!(
+                        "version {:?}, want {}",
+                        status.version, want.version
+                    ))
+                } else if want.active && counts != [1; 4] {
+                    Some(format!("children {counts:?}"))
+                } else if !want.active && (counts[0] != 0 || counts.iter().any(|c| *c > 1)) {
+                    Some(format!("inactive with children {counts:?}"))
+                } else {
+                    None
+                }
+            }
+        };
+        if let Some(problem) = problem {
+            waiting.push(format!("{name}: {problem}"));
+        }
+    }
+    // Children of no install the test made would be strays.
+    let strays: Vec<_> = children
+        .keys()
+        .filter(|k| !wanted.contains_key(*k))
+        .collect();
+    if !strays.is_empty() {
+        waiting.push(format!("children of unknown installs {strays:?}"));
+    }
+    (!waiting.is_empty()).then(|| {
+        format!(
+            "{} not converged, e.g. {}",
+            waiting.len(),
+            waiting
+                .iter()
+                .take(5)
+                .cloned()
+                .collect::<Vec<_>>()
+                .join("; ")
+        )
+    })
+}
+
+#[tokio::test]
+#[ignore = "fault tier: just e2e-faults"]
+async fn chaos_kills_while_installs_churn_and_everything_converges() {
+    let churn = Duration::from_secs(
+        std::env::var("CHAOS_SECONDS")
+            .ok()
+            .and_then(|s| s.parse().ok())
+            .unwrap_or(180),
+    );
+    let seed = std::env::var("CHAOS_SEED")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| {
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_nanos() as u64)
+        });
+    println!("chaos: seed {seed} (CHAOS_SEED={seed} replays it), churn {churn:?}");
+    let mut rng = Rng(seed);
+    let client = testkit::client().await;
+    install_crds(&client).await;
+    let ns = namespace(&client, "chaos").await;
+    // Stable identities, as a StatefulSet's pods have: a replica comes back under its name.
+    let replicas: Vec<Replica> = (0..3)
+        .map(|i| {
+            Replica::start(
+                &format!("chaos-{i}"),
+                &flags(&ns.name, &[]),
+                &testkit::local_kubeconfig_path(),
+            )
+        })
+        .collect();
+    wait_holder(&client, &ns.name, "a leader", |_| true).await;
+    plugin(&client, &ns.name, "echo").await;
+    version(&client, &ns.name, "echo", "1.0.0", "ready").await;
+    version(&client, &ns.name, "echo", "2.0.0", "ready").await;
+
+    // kill -9 a replica at random every 10-30 s and start it again at once, until the churn
+    // ends; a killed holder's Lease is taken within the lease duration (or at once by its own
+    // restart, which has the holder's name).
+    let killer = {
+        let client = client.clone();
+        let namespace = ns.name.clone();
+        let mut rng = Rng(seed ^ 0x5EED);
+        let mut replicas = replicas;
+        tokio::spawn(async move {
+            let start = Instant::now();
+            let mut kills = Vec::new();
+            loop {
+                // The chaos schedule itself: the wait is the subject, not a condition.
+                let next = start.elapsed() + Duration::from_secs(rng.within(10..31));
+                if next >= churn {
+                    tokio::time::sleep(churn.saturating_sub(start.elapsed())).await;
+                    return (replicas, kills);
+                }
+                tokio::time::sleep(next.saturating_sub(start.elapsed())).await;
+                let victim = rng.within(0..3) as usize;
+                let held = holder(&client, &namespace).await;
+                let was_holder = held.as_deref() == Some(replicas[victim].identity.as_str());
+                let before = lease(&client, &namespace)
+                    .await
+                    .and_then(|l| l.spec)
+                    .and_then(|s| s.renew_time);
+                replicas[victim].kill();
+                let killed = Instant::now();
+                replicas[victim].restart();
+                // How long the Lease goes without a renewal after a holder dies.
+                let renewed_after = if was_holder {
+                    let renewed = wait_until("the Lease renewed", DEADLINE, || async {
+                        let now = lease(&client, &namespace)
+                            .await
+                            .and_then(|l| l.spec)
+                            .and_then(|s| s.renew_time);
+                        if now != before && now.is_some() {
+                            Ok(())
+                        } else {
+                            Err(format!("renewTime {now:?}"))
+                        }
+                    });
+                    renewed.await;
+                    Some(killed.elapsed())
+                } else {
+                    None
+                };
+                println!(
+                    "chaos: {:>5.1?} killed {}{}",
+                    start.elapsed(),
+                    replicas[victim].identity,
+                    renewed_after.map_or(String::new(), |t| format!(
+                        " (the holder; Lease renewed again after {t:.1?})"
+                    ))
+                );
+                kills.push((replicas[victim].identity.clone(), renewed_after));
+            }
+        })
+    };
+
+    // Churn: 200 installs created, upgraded, deactivated, reactivated and deleted at random.
+    let mut wanted = std::collections::BTreeMap::<String, Wanted>::new();
+    let installs: Api<plugin_operator::resources::PluginInstall> =
+        Api::namespaced(client.clone(), &ns.name);
+    let start = Instant::now();
+    let mut created = 0;
+    let ticks = churn.as_millis() as u64 / 300;
+    for tick in 0..ticks {
+        let due = Duration::from_millis(tick * 300);
+        if let Some(wait) = due.checked_sub(start.elapsed()) {
+            tokio::time::sleep(wait).await;
+        }
+        // Two ticks in three create an install until there are 200 (half the churn).
+        let live: Vec<String> = wanted
+            .iter()
+            .filter(|(_, w)| !w.deleted)
+            .map(|(n, _)| n.clone())
+            .collect();
+        if created < 200 && (rng.within(0..3) < 2 || live.is_empty()) {
+            let name = format!("echo-{created}");
+            install(
+                &client,
+                &ns.name,
+                &name,
+                json!({"plugin": "echo", "version": "1.0.0"}),
+            )
+            .await;
+            wanted.insert(
+                name,
+                Wanted {
+                    version: "1.0.0",
+                    active: true,
+                    deleted: false,
+                },
+            );
+            created += 1;
+            continue;
+        }
+        let name = live[rng.within(0..live.len() as u64) as usize].clone();
+        let want = wanted.get_mut(&name).expect("live");
+        match rng.within(0..100) {
+            0..40 => {
+                let to = if want.version == "1.0.0" {
+                    "2.0.0"
+                } else {
+                    "1.0.0"
+                };
+                patch_install(&client, &ns.name, &name, json!({"spec": {"version": to}})).await;
+                want.version = to;
+            }
+            40..65 => {
+                let active = !want.active;
+                patch_install(
+                    &client,
+                    &ns.name,
+                    &name,
+                    json!({"spec": {"active": active}}),
+                )
+                .await;
+                want.active = active;
+            }
+            65..80 => {
+                installs
+                    .delete(&name, &Default::default())
+                    .await
+                    .expect("delete install");
+                want.deleted = true;
+            }
+            _ => {} // a quiet tick
+        }
+    }
+    let (replicas, kills) = killer.await.expect("the killer");
+    let churned = start.elapsed();
+    let counts = |f: fn(&Wanted) -> bool| wanted.values().filter(|w| f(w)).count();
+    println!(
+        "chaos: churn over after {churned:.1?}: {created} installs, {} deleted, {} inactive, {} at 2.0.0; {} kills ({} of the holder)",
+        counts(|w| w.deleted),
+        counts(|w| !w.deleted && !w.active),
+        counts(|w| !w.deleted && w.version == "2.0.0"),
+        kills.len(),
+        kills.iter().filter(|(_, t)| t.is_some()).count()
+    );
+    assert!(!kills.is_empty(), "the chaos killed nobody");
+
+    let converge_deadline = Duration::from_secs(300);
+    let quiet = Instant::now();
+    wait_until("everything to converge", converge_deadline, || async {
+        match not_converged(&client, &ns.name, &wanted).await {
+            None => Ok(()),
+            Some(why) => Err(why),
+        }
+    })
+    .await;
+    println!(
+        "chaos: converged {:.1?} after the churn stopped",
+        quiet.elapsed()
+    );
+
+    // Idle: no write of any replica for 60 s (the Lease renewals apart: the election's).
+    let idle_from = chrono::Utc::now();
+    // The idle window is the subject: nothing may happen in it.
+    tokio::time::sleep(Duration::from_secs(60)).await;
+    let writes: Vec<Write> = writes_in(&ns.name)
+        .into_iter()
+        .filter(|w| w.user_agent.starts_with("plugin-operator/") && !w.is_lease())
+        .filter(|w| w.received > idle_from)
+        .collect();
+    assert!(
+        writes.is_empty(),
+        "writes in the idle window:\n{}",
+        writes
+            .iter()
+            .map(ToString::to_string)
+            .collect::<Vec<_>>()
+            .join("\n")
+    );
+    assert_eq!(not_converged(&client, &ns.name, &wanted).await, None);
+    println!("chaos: 60 s idle window without a write");
+    drop(replicas);
+}
