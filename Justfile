@@ -39,11 +39,11 @@ unit:
 e2e: cluster-up
     KUBECONFIG={{kubeconfig}} cargo test --workspace --tests -- --test-threads 4
 
-# API server restarts (tests/relists.rs) on a cluster of their own, stopped afterwards
+# API server restarts (tests/relists.rs) and leadership faults (tests/faults.rs) on a cluster of their own, stopped afterwards
 e2e-faults:
     cargo build -q -p devtools --bin node-sim
     LOCAL_CLUSTER_DIR={{fault_cluster}} devtools/scripts/cluster.sh up
-    status=0; LOCAL_CLUSTER_DIR={{fault_cluster}} KUBECONFIG={{fault_cluster}}/kubeconfig cargo test --test relists -- --ignored --test-threads 1 --nocapture || status=$?; LOCAL_CLUSTER_DIR={{fault_cluster}} devtools/scripts/cluster.sh down; exit $status
+    status=0; LOCAL_CLUSTER_DIR={{fault_cluster}} KUBECONFIG={{fault_cluster}}/kubeconfig cargo test --no-fail-fast --test relists --test faults -- --ignored --test-threads 1 --nocapture || status=$?; LOCAL_CLUSTER_DIR={{fault_cluster}} devtools/scripts/cluster.sh down; exit $status
 
 # Clippy with warnings denied
 lint:

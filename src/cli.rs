@@ -68,7 +68,9 @@ pub struct RunArgs {
     /// after at most this long.
     #[arg(long, default_value_t = 15, value_parser = clap::value_parser!(u64).range(2..))]
     pub lease_duration: u64,
-    /// Seconds before the Lease expires at which the leader renews it.
+    /// Seconds of margin before the Lease expires: a leader that has not renewed it within
+    /// `--lease-duration` minus this stops reconciling at once (its writes are refused) and
+    /// competes again.
     #[arg(long, default_value_t = 5, value_parser = clap::value_parser!(u64).range(1..))]
     pub lease_renew_before: u64,
     /// Send the leader election's requests (and only those) to this URL instead of the API

@@ -6,6 +6,7 @@
 //!    no child duplicated or lost;
 //! 3. chaos: replicas killed at random while installs churn; everything converges, then a
 //!    60 s idle window has no write.
+//!
 //! Ignored by `cargo test`: `just e2e-faults` runs them one at a time (their timings are the
 //! subject) on a cluster of their own.
 mod support;
@@ -420,60 +421,40 @@ async fn children_by_install(
             .get("plugin-operator.dev/install")
             .cloned()
     }
-    let lp = ListParams::default().labels("plugin-operator.dev/install");
+    async fn labelled<K>(client: &Client, namespace: &str) -> Vec<kube::api::ObjectMeta>
+    where
+        K: kube::Resource<Scope = k8s_openapi::NamespaceResourceScope, DynamicType = ()>
+            + Clone
+            + serde::de::DeserializeOwned
+            + std::fmt::Debug,
+    {
+        let lp = ListParams::default().labels("plugin-operator.dev/install");
+        Api::<K>::namespaced(client.clone(), namespace)
+            .list(&lp)
+            .await
+            .expect("list children")
+            .items
+            .into_iter()
+            .map(|o| o.meta().clone())
+            .collect()
+    }
+    let (deployments, services, accounts, config_maps) = tokio::join!(
+        labelled::<Deployment>(client, namespace),
+        labelled::<Service>(client, namespace),
+        labelled::<ServiceAccount>(client, namespace),
+        labelled::<ConfigMap>(client, namespace),
+    );
     let mut counts = std::collections::HashMap::<String, [usize; 4]>::new();
-    let mut add = |kind: usize, metas: Vec<kube::api::ObjectMeta>| {
+    for (kind, metas) in [deployments, services, accounts, config_maps]
+        .into_iter()
+        .enumerate()
+    {
         for meta in metas {
             if let Some(install) = install_of(&meta) {
                 counts.entry(install).or_default()[kind] += 1;
             }
         }
-    };
-    let items = |e: &str| format!("list {e}");
-    add(
-        0,
-        Api::<Deployment>::namespaced(client.clone(), namespace)
-            .list(&lp)
-            .await
-            .expect(&items("deployments"))
-            .items
-            .into_iter()
-            .map(|o| o.metadata)
-            .collect(),
-    );
-    add(
-        1,
-        Api::<Service>::namespaced(client.clone(), namespace)
-            .list(&lp)
-            .await
-            .expect(&items("services"))
-            .items
-            .into_iter()
-            .map(|o| o.metadata)
-            .collect(),
-    );
-    add(
-        2,
-        Api::<ServiceAccount>::namespaced(client.clone(), namespace)
-            .list(&lp)
-            .await
-            .expect(&items("accounts"))
-            .items
-            .into_iter()
-            .map(|o| o.metadata)
-            .collect(),
-    );
-    add(
-        3,
-        Api::<ConfigMap>::namespaced(client.clone(), namespace)
-            .list(&lp)
-            .await
-            .expect(&items("config maps"))
-            .items
-            .into_iter()
-            .map(|o| o.metadata)
-            .collect(),
-    );
+    }
     counts
 }
 
@@ -593,9 +574,9 @@ async fn chaos_kills_while_installs_churn_and_everything_converges() {
     version(&client, &ns.name, "echo", "1.0.0", "ready").await;
     version(&client, &ns.name, "echo", "2.0.0", "ready").await;
 
-    // kill -9 a replica at random every 10-30 s and start it again at once, until the churn
-    // ends; a killed holder's Lease is taken within the lease duration (or at once by its own
-    // restart, which has the holder's name).
+    // kill -9 a replica at random every 10-30 s and start it again 0-7 s later, until the
+    // churn ends; a killed holder's Lease is taken within the lease duration (or at once by its
+    // own restart, which has the holder's name).
     let killer = {
         let client = client.clone();
         let namespace = ns.name.clone();
@@ -612,40 +593,55 @@ async fn chaos_kills_while_installs_churn_and_everything_converges() {
                     return (replicas, kills);
                 }
                 tokio::time::sleep(next.saturating_sub(start.elapsed())).await;
-                let victim = rng.within(0..3) as usize;
+                // The holder half the time (the interesting victim), else any replica.
                 let held = holder(&client, &namespace).await;
-                let was_holder = held.as_deref() == Some(replicas[victim].identity.as_str());
+                let holder_index = replicas
+                    .iter()
+                    .position(|r| Some(r.identity.as_str()) == held.as_deref());
+                let victim = match (rng.within(0..2), holder_index) {
+                    (0, Some(index)) => index,
+                    _ => rng.within(0..3) as usize,
+                };
+                let was_holder = Some(victim) == holder_index;
                 let before = lease(&client, &namespace)
                     .await
                     .and_then(|l| l.spec)
                     .and_then(|s| s.renew_time);
                 replicas[victim].kill();
                 let killed = Instant::now();
-                replicas[victim].restart();
-                // How long the Lease goes without a renewal after a holder dies.
-                let renewed_after = if was_holder {
-                    let renewed = wait_until("the Lease renewed", DEADLINE, || async {
+                // Back after 0-7 s: before the lease duration its own name takes the Lease
+                // back at once, after it another replica has taken it. Meanwhile, for a killed
+                // holder: how long the Lease goes without a renewal.
+                let back_after = Duration::from_secs(rng.within(0..8));
+                let mut restarted = None;
+                let mut renewed_after = None;
+                while restarted.is_none() || (was_holder && renewed_after.is_none()) {
+                    if restarted.is_none() && killed.elapsed() >= back_after {
+                        replicas[victim].restart();
+                        restarted = Some(killed.elapsed());
+                    }
+                    if was_holder && renewed_after.is_none() {
                         let now = lease(&client, &namespace)
                             .await
                             .and_then(|l| l.spec)
                             .and_then(|s| s.renew_time);
-                        if now != before && now.is_some() {
-                            Ok(())
-                        } else {
-                            Err(format!("renewTime {now:?}"))
+                        if now.is_some() && now != before {
+                            renewed_after = Some(killed.elapsed());
                         }
-                    });
-                    renewed.await;
-                    Some(killed.elapsed())
-                } else {
-                    None
-                };
+                    }
+                    assert!(killed.elapsed() < DEADLINE, "the Lease was not renewed");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+                let restarted = restarted.unwrap_or_default();
+                let holder_now = holder(&client, &namespace).await;
                 println!(
-                    "chaos: {:>5.1?} killed {}{}",
+                    "chaos: {:>5.1?} killed {}, back after {:.1?}{}",
                     start.elapsed(),
                     replicas[victim].identity,
+                    restarted,
                     renewed_after.map_or(String::new(), |t| format!(
-                        " (the holder; Lease renewed again after {t:.1?})"
+                        " (the holder; the Lease renewed again after {t:.1?}, held by {:?})",
+                        holder_now
                     ))
                 );
                 kills.push((replicas[victim].identity.clone(), renewed_after));
