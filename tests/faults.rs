@@ -71,7 +71,8 @@ fn api_server() -> (SocketAddr, String) {
     (addr, server)
 }
 
-/// A copy of the local kubeconfig whose server is `proxy` (all of a replica's traffic).
+/// A copy of the local kubeconfig whose server is `proxy` (all of a replica's traffic), beside
+/// it (`cluster.sh down` removes it with the cluster).
 fn kubeconfig_through(proxy: &FaultProxy, name: &str) -> PathBuf {
     let path = testkit::local_kubeconfig_path();
     let (_, server) = api_server();

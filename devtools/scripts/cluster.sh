@@ -221,7 +221,7 @@ down() {
   for name in node-sim kube-controller-manager kube-apiserver-second kube-apiserver etcd; do
     stop "$name"
   done
-  rm -rf "$DIR/etcd" "$DIR/pki" "$KUBECONFIG_OUT" "$DIR/kubeconfig-second" "$DIR/ports"
+  rm -rf "$DIR/etcd" "$DIR/pki" "$KUBECONFIG_OUT" "$DIR"/kubeconfig-* "$DIR/ports"
   [ -n "$quiet" ] || log "down"
 }
 
