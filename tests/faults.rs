@@ -8,7 +8,8 @@
 //!    60 s idle window has no write.
 //!
 //! Ignored by `cargo test`: `just e2e-faults` runs them one at a time (their timings are the
-//! subject) on a cluster of their own.
+//! subject) on a cluster of their own. One more, quick, runs with `just e2e`: the fence of an
+//! in-process election closes at the renew deadline while its renewal hangs.
 mod support;
 
 use std::{
@@ -769,4 +770,120 @@ async fn chaos_kills_while_installs_churn_and_everything_converges() {
     assert_eq!(not_converged(&client, &ns.name, &wanted).await, None);
     println!("chaos: 60 s idle window without a write");
     drop(replicas);
+}
+
+#[tokio::test]
+async fn the_fence_closes_at_the_renew_deadline_while_the_renewal_hangs() {
+    use plugin_operator::runtime::leader::{
+        Election, LEASE_NAME, LeaseTimings, NotLeader, fenced_client,
+    };
+    let client = testkit::client().await;
+    let ns = namespace(&client, "fence").await;
+    let (upstream, _) = api_server();
+    let proxy = FaultProxy::start(upstream).await.expect("proxy");
+    let timings = LeaseTimings {
+        duration: LEASE_DURATION,
+        renew_before: RENEW_BEFORE,
+    };
+    // The election's client goes through the proxy, as `--election-server` sends it.
+    let kubeconfig =
+        kube::config::Kubeconfig::read_from(testkit::local_kubeconfig_path()).expect("kubeconfig");
+    let mut config = kube::Config::from_custom_kubeconfig(kubeconfig, &Default::default())
+        .await
+        .expect("config");
+    config.cluster_url = format!("https://{}", proxy.addr()).parse().expect("url");
+    config.read_timeout = Some(timings.call_timeout());
+    config.connect_timeout = Some(timings.call_timeout());
+    let election = Election::start(
+        Client::try_from(config).expect("client"),
+        &ns.name,
+        LEASE_NAME,
+        "fence-a",
+        timings,
+    );
+    let state = election.state.clone();
+    wait_until("leading", DEADLINE, || async {
+        if state.is_leader() {
+            Ok(())
+        } else {
+            Err("not yet".to_owned())
+        }
+    })
+    .await;
+    let config_maps: Api<ConfigMap> =
+        Api::namespaced(fenced_client(client.clone(), state.clone()), &ns.name);
+    let config_map = |name: &str| -> ConfigMap {
+        serde_json::from_value(json!({"metadata": {"name": name}})).expect("config map")
+    };
+    config_maps
+        .create(&Default::default(), &config_map("before"))
+        .await
+        .expect("a leader writes");
+
+    // Hang the renewals: writes pass until the renew deadline, by this process's clock, then
+    // are refused before they are sent, though the renewal call has not failed yet.
+    proxy.freeze();
+    let frozen = Instant::now();
+    let mut written = vec!["before".to_owned()];
+    let refused_after = loop {
+        let name = format!("w-{}", written.len());
+        match config_maps
+            .create(&Default::default(), &config_map(&name))
+            .await
+        {
+            Ok(_) => written.push(name),
+            Err(kube::Error::Service(e)) if e.is::<NotLeader>() => break frozen.elapsed(),
+            Err(other) => panic!("write {name}: {other}"),
+        }
+        assert!(frozen.elapsed() < DEADLINE, "never fenced");
+        // Paces the writes; the loop ends on the refusal, not on time.
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    let deadline = timings.renew_deadline();
+    println!(
+        "fence: writes refused {refused_after:.2?} after the renewals hung (renew deadline \
+         {deadline:?}, retry period {:?}); {} writes passed before",
+        timings.retry_period(),
+        written.len() - 1
+    );
+    // The last renewal was at most one retry period (and a call) before the freeze.
+    assert!(
+        refused_after <= deadline + Duration::from_millis(500),
+        "{refused_after:?}"
+    );
+    assert!(
+        refused_after + timings.retry_period() + timings.call_timeout() >= deadline,
+        "{refused_after:?}"
+    );
+    assert!(!state.is_leader());
+    // Reads pass the fence; the refused write never reached the API server.
+    let mut stored: Vec<String> = config_maps
+        .list(&ListParams::default())
+        .await
+        .expect("reads pass")
+        .items
+        .into_iter()
+        .map(|c| kube::ResourceExt::name_any(&c))
+        .filter(|n| n == "before" || n.starts_with("w-"))
+        .collect();
+    stored.sort();
+    written.sort();
+    assert_eq!(stored, written);
+
+    // Back: nobody else competes, so it renews its own Lease and writes again.
+    proxy.restore();
+    wait_until("leading again", DEADLINE, || async {
+        if state.is_leader() {
+            Ok(())
+        } else {
+            Err("not yet".to_owned())
+        }
+    })
+    .await;
+    config_maps
+        .create(&Default::default(), &config_map("after"))
+        .await
+        .expect("the leader writes again");
+    election.step_down().await;
+    assert_eq!(holder(&client, &ns.name).await, None, "released");
 }
