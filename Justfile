@@ -47,11 +47,12 @@ e2e: cluster-up
     KUBECONFIG={{kubeconfig}} cargo test --workspace --tests -- --test-threads 4
 
 # On a cluster of their own, stopped afterwards: the kubectl plugin without CRDs (first, while
-# the cluster has none), then API server restarts (tests/relists.rs)
+# the cluster has none), then API server restarts (tests/relists.rs) and leadership faults
+# (tests/faults.rs)
 e2e-faults:
     cargo build -q -p devtools --bin node-sim
     LOCAL_CLUSTER_DIR={{fault_cluster}} devtools/scripts/cluster.sh up
-    status=0; LOCAL_CLUSTER_DIR={{fault_cluster}} KUBECONFIG={{fault_cluster}}/kubeconfig cargo test --test kubectl_plugin -- --ignored || status=$?; [ $status -ne 0 ] || LOCAL_CLUSTER_DIR={{fault_cluster}} KUBECONFIG={{fault_cluster}}/kubeconfig cargo test --test relists -- --ignored --test-threads 1 --nocapture || status=$?; LOCAL_CLUSTER_DIR={{fault_cluster}} devtools/scripts/cluster.sh down; exit $status
+    status=0; LOCAL_CLUSTER_DIR={{fault_cluster}} KUBECONFIG={{fault_cluster}}/kubeconfig cargo test --test kubectl_plugin -- --ignored || status=$?; [ $status -ne 0 ] || LOCAL_CLUSTER_DIR={{fault_cluster}} KUBECONFIG={{fault_cluster}}/kubeconfig cargo test --no-fail-fast --test relists --test faults -- --ignored --test-threads 1 --nocapture || status=$?; LOCAL_CLUSTER_DIR={{fault_cluster}} devtools/scripts/cluster.sh down; exit $status
 
 # Clippy with warnings denied
 lint:

@@ -68,9 +68,16 @@ pub struct RunArgs {
     /// after at most this long.
     #[arg(long, default_value_t = 15, value_parser = clap::value_parser!(u64).range(2..))]
     pub lease_duration: u64,
-    /// Seconds before the Lease expires at which the leader renews it.
+    /// Seconds of margin before the Lease expires: a leader that has not renewed it within
+    /// `--lease-duration` minus this stops reconciling at once (its writes are refused) and
+    /// competes again.
     #[arg(long, default_value_t = 5, value_parser = clap::value_parser!(u64).range(1..))]
     pub lease_renew_before: u64,
+    /// Send the leader election's requests (and only those) to this URL instead of the API
+    /// server of the kubeconfig, still checking the API server's certificate for its own name.
+    /// Meant for fault-injection tests (a proxy that can hang the election alone); hidden.
+    #[arg(long, value_name = "URL", hide = true)]
+    pub election_server: Option<String>,
     /// This replica's name in the Lease and in Events (in a cluster: the pod name).
     #[arg(long, env = "POD_NAME", default_value_t = default_identity())]
     pub identity: String,

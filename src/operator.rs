@@ -12,7 +12,7 @@ use crate::{
         admin,
         cache::{Caches, Scope},
         clock::Clock,
-        leader::{Election, LeaderState, LeaseTimings},
+        leader::{Election, LeaderState, LeaseTimings, fenced_client},
         metrics::{HttpMetrics, InstallMetrics, Metrics},
     },
 };
@@ -38,8 +38,8 @@ pub enum RunError {
     LeaseTimings { duration: u64, renew_before: u64 },
     #[error("cannot build the HTTP client of the health checks: {0}")]
     HealthChecker(#[source] reqwest::Error),
-    #[error("leader election failed to start: {0}")]
-    Election(#[source] kube_lease_manager::LeaseManagerError),
+    #[error("--election-server {0}: not an http(s) URL with a host")]
+    ElectionServer(String),
 }
 
 /// `plugin-operator/<version> (<identity>)`; without the identity if it cannot be a header value.
@@ -48,6 +48,24 @@ fn user_agent(identity: &str) -> axum::http::HeaderValue {
     axum::http::HeaderValue::from_str(&format!("{product} ({identity})"))
         .or_else(|_| axum::http::HeaderValue::from_str(&product))
         .unwrap_or(axum::http::HeaderValue::from_static("plugin-operator"))
+}
+
+/// Sends the election's requests to `server` (`--election-server`, for fault tests: a proxy in
+/// front of the API server), still verifying the API server's certificate for its own name.
+fn election_route(config: &mut kube::Config, server: &str) -> Result<(), RunError> {
+    let invalid = || RunError::ElectionServer(server.to_owned());
+    let url: axum::http::Uri = server.parse().map_err(|_| invalid())?;
+    if !matches!(url.scheme_str(), Some("http" | "https")) || url.host().is_none() {
+        return Err(invalid());
+    }
+    if config.tls_server_name.is_none()
+        && let Some(host) = config.cluster_url.host()
+        && Some(host) != url.host()
+    {
+        config.tls_server_name = Some(host.trim_matches(['[', ']']).to_owned());
+    }
+    config.cluster_url = url;
+    Ok(())
 }
 
 /// Runs until SIGTERM or Ctrl-C.
@@ -73,6 +91,9 @@ pub async fn run(args: RunArgs) -> Result<(), RunError> {
         election.connect_timeout = Some(timeout);
         election.read_timeout = Some(timeout);
         election.write_timeout = Some(timeout);
+        if let Some(server) = &args.election_server {
+            election_route(&mut election, server)?;
+        }
         election
     };
     let client = kube::Client::try_from(config).map_err(RunError::Client)?;
@@ -116,15 +137,17 @@ pub async fn run(args: RunArgs) -> Result<(), RunError> {
             &args.lease_name,
             &identity,
             timings,
-        )
-        .await
-        .map_err(RunError::Election)?;
+        );
         (election.state.clone(), Some(election), None)
     };
+    // The reconcilers, the PluginJob TTL and Events write through the fence: nothing of theirs
+    // reaches the API server once this replica stops leading. The HTTP API and the watches use
+    // the client itself (every replica serves the API; reads are never fenced).
+    let writer = fenced_client(client.clone(), leader.clone());
 
     // Settled PluginJobs go after their time to live (the Lease holder deletes them); a
     // controller per watched namespace.
-    let job_ttl = futures::future::join_all(scope.apis(&client).into_iter().map(|api| {
+    let job_ttl = futures::future::join_all(scope.apis(&writer).into_iter().map(|api| {
         reconcile::jobs::run(reconcile::jobs::JobTtl {
             api,
             leader: leader.clone(),
@@ -133,11 +156,11 @@ pub async fn run(args: RunArgs) -> Result<(), RunError> {
         })
     }));
     let ctx = Arc::new(Context {
-        client: client.clone(),
+        client: writer.clone(),
         caches: caches.clone(),
         catalog_namespace: args.catalog_namespace.clone(),
         leader,
-        events: Events::new(client.clone(), identity),
+        events: Events::new(writer, identity),
         metrics,
         clock: clock.clone(),
         health_checker: HealthChecker::new().map_err(RunError::HealthChecker)?,
@@ -246,6 +269,22 @@ pub async fn shutdown_signal() {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_election_server_replaces_the_url_and_keeps_the_tls_name() {
+        let mut config = kube::Config::new("https://10.0.0.1:6443".parse().expect("url"));
+        election_route(&mut config, "https://127.0.0.1:41000").expect("valid");
+        assert_eq!(config.cluster_url.to_string(), "https://127.0.0.1:41000/");
+        assert_eq!(config.tls_server_name.as_deref(), Some("10.0.0.1"));
+        // Same host (a proxy on another port of it): the name does not change.
+        let mut config = kube::Config::new("https://127.0.0.1:6443".parse().expect("url"));
+        election_route(&mut config, "https://127.0.0.1:41000").expect("valid");
+        assert_eq!(config.tls_server_name, None);
+        assert!(matches!(
+            election_route(&mut config, "127.0.0.1:41000"),
+            Err(RunError::ElectionServer(_))
+        ));
+    }
 
     #[test]
     fn the_user_agent_names_the_replica() {

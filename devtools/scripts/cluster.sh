@@ -12,6 +12,8 @@
 #                                      with its kubeconfig in kubeconfig-second (writes that the
 #                                      clients of the first cannot watch while it is stopped)
 #   cluster.sh stop-second-apiserver   stop it
+#   cluster.sh stop-etcd / start-etcd  stop etcd, start it again on the same ports and data (the
+#                                      API servers keep running and reconnect)
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "$0")/../.." && pwd)
@@ -138,6 +140,18 @@ start_apiserver() {
     "$BIN/kubectl" --kubeconfig "$kubeconfig" --request-timeout=5s get --raw /readyz
 }
 
+# Starts etcd on client port $1 and peer port $2 with the cluster's data (kept across restarts).
+start_etcd() {
+  local etcd_port=$1 etcd_peer=$2
+  log "starting etcd on 127.0.0.1:$etcd_port"
+  start etcd "$BIN/etcd" --name local --data-dir "$DIR/etcd" \
+    --listen-client-urls "http://127.0.0.1:$etcd_port" --advertise-client-urls "http://127.0.0.1:$etcd_port" \
+    --listen-peer-urls "http://127.0.0.1:$etcd_peer" --initial-advertise-peer-urls "http://127.0.0.1:$etcd_peer" \
+    --initial-cluster "local=http://127.0.0.1:$etcd_peer" --listen-metrics-urls "" \
+    --quota-backend-bytes 4294967296 --unsafe-no-fsync
+  wait_for "etcd health" etcd 30 curl -fsS "http://127.0.0.1:$etcd_port/health"
+}
+
 # Stops the process of pid file $1 (TERM, then KILL after 5 s) and forgets it.
 stop() {
   local name=$1 pid
@@ -175,15 +189,9 @@ up() {
   printf '%s,admin,admin,system:masters\n' "$token" >"$DIR/pki/tokens.csv"
   chmod 600 "$DIR/pki/tokens.csv"
 
-  log "starting etcd on 127.0.0.1:$etcd_port"
-  start etcd "$BIN/etcd" --name local --data-dir "$DIR/etcd" \
-    --listen-client-urls "http://127.0.0.1:$etcd_port" --advertise-client-urls "http://127.0.0.1:$etcd_port" \
-    --listen-peer-urls "http://127.0.0.1:$etcd_peer" --initial-advertise-peer-urls "http://127.0.0.1:$etcd_peer" \
-    --initial-cluster "local=http://127.0.0.1:$etcd_peer" --listen-metrics-urls "" \
-    --quota-backend-bytes 4294967296 --unsafe-no-fsync
-  wait_for "etcd health" etcd 30 curl -fsS "http://127.0.0.1:$etcd_port/health"
+  start_etcd "$etcd_port" "$etcd_peer"
 
-  printf 'ETCD_PORT=%s\nAPI_PORT=%s\n' "$etcd_port" "$api_port" >"$DIR/ports"
+  printf 'ETCD_PORT=%s\nETCD_PEER_PORT=%s\nAPI_PORT=%s\n' "$etcd_port" "$etcd_peer" "$api_port" >"$DIR/ports"
   write_kubeconfig "https://127.0.0.1:$api_port" "$token" "$KUBECONFIG_OUT"
   start_apiserver kube-apiserver "$etcd_port" "$api_port" "$KUBECONFIG_OUT"
 
@@ -213,7 +221,7 @@ down() {
   for name in node-sim kube-controller-manager kube-apiserver-second kube-apiserver etcd; do
     stop "$name"
   done
-  rm -rf "$DIR/etcd" "$DIR/pki" "$KUBECONFIG_OUT" "$DIR/kubeconfig-second" "$DIR/ports"
+  rm -rf "$DIR/etcd" "$DIR/pki" "$KUBECONFIG_OUT" "$DIR"/kubeconfig-* "$DIR/ports"
   [ -n "$quiet" ] || log "down"
 }
 
@@ -233,6 +241,12 @@ case "${1:-}" in
     chmod 600 "$DIR/kubeconfig-second"
     start_apiserver kube-apiserver-second "$ETCD_PORT" "$second_port" "$DIR/kubeconfig-second" ;;
   stop-second-apiserver) stop kube-apiserver-second; log "kube-apiserver-second stopped" ;;
+  stop-etcd) stop etcd; log "etcd stopped" ;;
+  start-etcd)
+    BIN=$("$ROOT/devtools/scripts/build-control-plane.sh"); ports
+    alive etcd && fail "etcd is running"
+    [ -n "${ETCD_PEER_PORT:-}" ] || fail "this cluster predates start-etcd (no ETCD_PEER_PORT): run down and up"
+    start_etcd "$ETCD_PORT" "$ETCD_PEER_PORT" ;;
   status) BIN=$("$ROOT/devtools/scripts/build-control-plane.sh"); if is_up; then echo up; else echo down; exit 1; fi ;;
-  *) echo "usage: $0 up|down|status|stop-apiserver|start-apiserver|start-second-apiserver|stop-second-apiserver" >&2; exit 2 ;;
+  *) echo "usage: $0 up|down|status|stop-apiserver|start-apiserver|start-second-apiserver|stop-second-apiserver|stop-etcd|start-etcd" >&2; exit 2 ;;
 esac

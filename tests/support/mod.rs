@@ -3,6 +3,8 @@
 //! helpers to create plugins and wait for an install's state.
 #![allow(dead_code)] // each test binary uses a different part of it
 
+pub mod replica;
+
 use std::{
     net::{SocketAddr, TcpListener},
     sync::OnceLock,
