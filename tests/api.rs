@@ -1326,3 +1326,207 @@ async fn version_details_follow_the_seed() {
     let answer = get(&format!("{base}?plugin_name=echo&version=9.9.9"), &token).await;
     expect_004(&answer, StatusCode::NOT_FOUND, "PLUGIN.NOT_FOUND");
 }
+
+// ---------------------------------------------------------------------------------------------
+// external plugins (issue 17)
+
+/// A tiny external plugin: `/healthz` answers 200 while `healthy` is set, else 503.
+async fn serve_external(healthy: std::sync::Arc<std::sync::atomic::AtomicBool>) -> String {
+    use std::sync::atomic::Ordering;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    let app = axum::Router::new().route(
+        "/healthz",
+        axum::routing::get(move || {
+            let healthy = healthy.clone();
+            async move {
+                if healthy.load(Ordering::SeqCst) {
+                    (axum::http::StatusCode::OK, "ok")
+                } else {
+                    (axum::http::StatusCode::SERVICE_UNAVAILABLE, "down")
+                }
+            }
+        }),
+    );
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    format!("http://{addr}/healthz")
+}
+
+/// Whether a TokenReview for `audience` accepts `token`; the username it names.
+async fn review(client: &Client, token: &str, audience: &str) -> (bool, Option<String>) {
+    let reviews: Api<TokenReview> = Api::all(client.clone());
+    let review = TokenReview {
+        spec: TokenReviewSpec {
+            token: Some(token.to_owned()),
+            audiences: Some(vec![audience.to_owned()]),
+        },
+        ..Default::default()
+    };
+    let status = reviews
+        .create(&PostParams::default(), &review)
+        .await
+        .expect("TokenReview")
+        .status
+        .expect("status");
+    let ok = status.authenticated == Some(true)
+        && status.audiences.iter().flatten().any(|a| a == audience);
+    (ok, status.user.and_then(|u| u.username))
+}
+
+#[tokio::test]
+async fn external_installs_get_tokens_a_version_and_recheck_after_a_reported_failure() {
+    use std::sync::atomic::Ordering;
+    let client = setup().await;
+    let ns = namespace(&client, "api-external").await;
+    let token = caller(
+        &client,
+        &ns.name,
+        "supervisor",
+        &["plugininstalls"],
+        &["get", "list", "patch"],
+    )
+    .await;
+    let healthy = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(true));
+    let endpoint = serve_external(healthy.clone()).await;
+    external_plugin(&client, &ns.name, "remote", &endpoint).await;
+    for v in ["1.0.0", "1.2.0"] {
+        version(&client, &ns.name, "remote", v, "ready").await;
+    }
+    let remote = install(&client, &ns.name, "remote", json!({"plugin": "remote"})).await;
+    let active = wait_install(&client, &ns.name, "remote", "Active on 1.2.0", |i| {
+        i.status.as_ref().is_some_and(|s| {
+            s.phase == Some(Phase::Active) && s.version.as_deref() == Some("1.2.0")
+        })
+    })
+    .await;
+    assert_eq!(
+        active.status.as_ref().and_then(|s| s.endpoint.as_deref()),
+        Some(endpoint.as_str())
+    );
+    // Its ServiceAccount, owned by the install; still no Deployment.
+    let accounts: Api<ServiceAccount> = Api::namespaced(client.clone(), &ns.name);
+    let account = wait_until("the external install's ServiceAccount", DEADLINE, || {
+        let accounts = accounts.clone();
+        async move {
+            accounts
+                .get_opt("remote")
+                .await
+                .map_err(|e| e.to_string())?
+                .ok_or_else(|| "not yet".to_owned())
+        }
+    })
+    .await;
+    assert_eq!(account.owner_references()[0].uid, uid(&remote));
+    assert!(deployment(&client, &ns.name, "remote").await.is_none());
+
+    // Seed 000: the endpoint and a token the plugin verifies for its audience.
+    let request = json!({"plugin_id": "remote", "domain_id": ns.name});
+    let answer = wait_until("get-endpoint with a token", DEADLINE, || async {
+        let answer = post(&endpoint_path("remote"), &token, request.clone()).await;
+        if answer.status == StatusCode::OK {
+            Ok(answer)
+        } else {
+            Err(format!("{answer:?}"))
+        }
+    })
+    .await;
+    assert_eq!(answer.body["endpoint"], endpoint.as_str());
+    let access_token = answer.body["access_token"].as_str().expect("a token");
+    assert!(!access_token.is_empty(), "{answer:?}");
+    let audience = format!("plugin-operator.dev/{}/remote", ns.name);
+    assert_eq!(
+        review(&client, access_token, &audience).await,
+        (
+            true,
+            Some(format!("system:serviceaccount:{}:remote", ns.name))
+        )
+    );
+    assert!(
+        !review(&client, access_token, "plugin-operator.dev/other/remote")
+            .await
+            .0,
+        "only for the plugin's audience"
+    );
+
+    // Seed 002 lists its version.
+    let list = get(&format!("/plugins?namespace={}", ns.name), &token).await;
+    expect(&list, StatusCode::OK);
+    let shown = find_instance(&list, &uid(&remote)).expect("the external install");
+    assert_eq!(shown["version"], "1.2.0");
+    assert_eq!(shown["connection"]["mode"], "external");
+
+    // Seed 003: the plugin logs in with its credentials.
+    let secrets: Api<k8s_openapi::api::core::v1::Secret> =
+        Api::namespaced(client.clone(), &ns.name);
+    let data = secrets
+        .get("remote-credentials")
+        .await
+        .expect("credentials")
+        .data
+        .expect("data");
+    let text = |k: &str| String::from_utf8(data[k].0.clone()).expect("text");
+    let login = reqwest::Client::new()
+        .post(format!("http://{}/a/auth/v0/token", operator().api_addr))
+        .basic_auth(text("client_id"), Some(text("client_secret")))
+        .form(&[
+            ("grant_type", "client_credentials"),
+            ("scope", "plugin,token.refresh"),
+        ])
+        .send()
+        .await
+        .expect("the token route answers");
+    assert_eq!(login.status(), StatusCode::OK);
+    let login: Value = login.json().await.expect("json");
+    let plugin_token = login["access_token"].as_str().expect("access_token");
+    assert_eq!(
+        review(&client, plugin_token, "plugin-operator.dev/plugin-services").await,
+        (
+            true,
+            Some(format!("system:serviceaccount:{}:remote", ns.name))
+        )
+    );
+
+    // Seed 000 notify-failure while the endpoint answers: Restarting, re-checked, Active.
+    let failure = |supervisor: &str| {
+        json!({"supervisor_id": supervisor, "plugin_id": "remote", "version": "1.2.0",
+               "domain_id": ns.name})
+    };
+    let answer = put(&failure_path("remote"), &token, failure("sup-ok")).await;
+    expect(&answer, StatusCode::OK);
+    let events = wait_events(&client, &ns.name, "remote", "Restarting then Active", |e| {
+        events_from(e, "Restarting").contains(&"Active")
+    })
+    .await;
+    assert_eq!(
+        events_from(&events, "Restarting")[..2],
+        ["Restarting", "Active"]
+    );
+    let back = wait_phase(&client, &ns.name, "remote", Phase::Active).await;
+    let last = back
+        .status
+        .and_then(|s| s.last_failure)
+        .expect("lastFailure");
+    assert_eq!(
+        (last.reason.as_str(), last.reported_by.as_str()),
+        ("FailureReported", "sup-ok")
+    );
+
+    // ... and while it does not: Restarting, then Error.
+    healthy.store(false, Ordering::SeqCst);
+    let answer = put(&failure_path("remote"), &token, failure("sup-down")).await;
+    expect(&answer, StatusCode::OK);
+    let failed = wait_phase(&client, &ns.name, "remote", Phase::Error).await;
+    let last = failed
+        .status
+        .and_then(|s| s.last_failure)
+        .expect("lastFailure");
+    assert_eq!(
+        (last.reason.as_str(), last.reported_by.as_str()),
+        ("EndpointUnreachable", "sup-down")
+    );
+    // EndpointUnreachable is recorded only when a re-check after Restarting fails.
+    let events = event_reasons(&client, &ns.name, "remote").await;
+    assert!(events.iter().any(|e| e == "Error"), "{events:?}");
+}
