@@ -1530,3 +1530,200 @@ async fn external_installs_get_tokens_a_version_and_recheck_after_a_reported_fai
     let events = event_reasons(&client, &ns.name, "remote").await;
     assert!(events.iter().any(|e| e == "Error"), "{events:?}");
 }
+
+// ---------------------------------------------------------------------------------------------
+// seed 004 from real data (issue 17)
+
+/// Applies the chart's admission policy that stamps who changed a PluginVersion
+/// (charts/plugin-operator/files/version-author-policy.yaml), as `helm install` does on a
+/// cluster that serves MutatingAdmissionPolicy.
+async fn apply_version_author_policy(client: &Client) {
+    use kube::{
+        api::DynamicObject,
+        core::{ApiResource, GroupVersionKind},
+    };
+    let path = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/charts/plugin-operator/files/version-author-policy.yaml"
+    );
+    let text = std::fs::read_to_string(path).expect("the chart's policy");
+    for document in serde_yaml::Deserializer::from_str(&text) {
+        let value: Value = serde::Deserialize::deserialize(document).expect("YAML");
+        let object: DynamicObject = serde_json::from_value(value).expect("an object");
+        let kind = object.types.as_ref().expect("kind").kind.clone();
+        let gvk = GroupVersionKind::gvk("admissionregistration.k8s.io", "v1", &kind);
+        let resource = ApiResource::from_gvk(&gvk);
+        let api: Api<DynamicObject> = Api::all_with(client.clone(), &resource);
+        api.patch(
+            &object.name_any(),
+            &PatchParams::apply("api-tests").force(),
+            &Patch::Apply(&object),
+        )
+        .await
+        .expect("apply the policy");
+    }
+}
+
+/// A client that acts as `user` (impersonation by the tests' admin).
+async fn acting_as(user: &str) -> Client {
+    let mut config = kube::Config::infer().await.expect("kubeconfig");
+    config.auth_info.impersonate = Some(user.to_owned());
+    Client::try_from(config).expect("client")
+}
+
+#[tokio::test]
+async fn version_details_name_the_user_who_last_changed_the_version() {
+    let client = setup().await;
+    apply_version_author_policy(&client).await;
+    let ns = namespace(&client, "api-004-author").await;
+    let reader = caller(&client, &ns.name, "reader", &["pluginversions"], &["get"]).await;
+    let writes = ["create", "get", "patch", "update"];
+    for author in ["author-a", "author-b"] {
+        caller(&client, &ns.name, author, &["pluginversions"], &writes).await;
+    }
+    let user = |name: &str| format!("system:serviceaccount:{}:{name}", ns.name);
+    let (a, b) = (user("author-a"), user("author-b"));
+    plugin(&client, &ns.name, "echo").await;
+
+    // author-a creates a draft; the policy may take a moment to be loaded by the API server,
+    // so author-a changes the draft until the API server has stamped it.
+    let as_a: Api<plugin_operator::resources::PluginVersion> =
+        Api::namespaced(acting_as(&a).await, &ns.name);
+    let draft: plugin_operator::resources::PluginVersion = serde_json::from_value(json!({
+        "apiVersion": "plugin-operator.dev/v1alpha1", "kind": "PluginVersion",
+        "metadata": {"name": "echo-0.1.0"},
+        "spec": {"plugin": "echo", "version": "0.1.0", "attribution": "draft",
+                 "logicId": "logic-1", "runtimeAttribution": "agent",
+                 "configSchema": {"type": "object", "properties": {"mode": {"type": "string"}}},
+                 "inputs": {"mode": {"frontDataProp": "modeProp", "layoutContent": "row",
+                                     "extendProp": {"apiType": "GET"}}}}
+    }))
+    .expect("a draft");
+    as_a.create(&PostParams::default(), &draft)
+        .await
+        .expect("author-a creates the draft");
+    let stamp = "plugin-operator.dev/changed-by";
+    let mut round = 0;
+    wait_until("the policy to stamp author-a", DEADLINE, || {
+        round += 1;
+        let description = format!("by a, round {round}");
+        let as_a = as_a.clone();
+        let a = a.clone();
+        async move {
+            let patched = as_a
+                .patch(
+                    "echo-0.1.0",
+                    &PatchParams::default(),
+                    &Patch::Merge(json!({"spec": {"description": description}})),
+                )
+                .await
+                .map_err(|e| e.to_string())?;
+            match patched.annotations().get(stamp) {
+                Some(by) if *by == a => Ok(()),
+                other => Err(format!("stamped {other:?}")),
+            }
+        }
+    })
+    .await;
+
+    let path = format!(
+        "/v1/{}/agent-plugin/detail?plugin_name=echo&version=0.1.0",
+        ns.name
+    );
+    let versions: Api<plugin_operator::resources::PluginVersion> =
+        Api::namespaced(client.clone(), &ns.name);
+    // op_time: when the spec was last written, as the API server recorded it.
+    let spec_written = |v: &plugin_operator::resources::PluginVersion, manager: &str| {
+        v.metadata
+            .managed_fields
+            .iter()
+            .flatten()
+            .filter(|m| m.subresource.is_none())
+            .filter(|m| {
+                m.fields_v1
+                    .as_ref()
+                    .is_some_and(|f| f.0.get("f:spec").is_some())
+            })
+            .filter_map(|m| m.time.as_ref().map(|t| (m.manager.clone(), t.0)))
+            .max_by_key(|(_, t)| *t)
+            .map(|(who, t)| {
+                assert_eq!(who.as_deref(), Some(manager));
+                t.as_millisecond().to_string()
+            })
+            .expect("a spec write")
+    };
+    let detail_by = |who: String| {
+        let path = path.clone();
+        let reader = reader.clone();
+        async move {
+            wait_until(&format!("op_user {who}"), DEADLINE, || async {
+                let answer = get(&path, &reader).await;
+                if answer.status == StatusCode::OK && answer.body["op_user"] == who.as_str() {
+                    Ok(answer)
+                } else {
+                    Err(format!("{answer:?}"))
+                }
+            })
+            .await
+        }
+    };
+    let answer = detail_by(a.clone()).await;
+    let written = versions.get("echo-0.1.0").await.expect("the draft");
+    // kubectl and kube-rs clients without a field manager are recorded under their program name.
+    let manager = written
+        .metadata
+        .managed_fields
+        .iter()
+        .flatten()
+        .find(|m| {
+            m.fields_v1
+                .as_ref()
+                .is_some_and(|f| f.0.get("f:spec").is_some())
+        })
+        .and_then(|m| m.manager.clone())
+        .expect("a manager");
+    assert_eq!(answer.body["op_time"], spec_written(&written, &manager));
+    // The remaining seed fields, as the version gives them.
+    assert_eq!(answer.body["runtime_attribution"], "agent");
+    assert_eq!(answer.body["plugin_execution"], json!({}));
+    let mode = &answer.body["input_info"][0];
+    assert_eq!(mode["front_data_prop"], "modeProp");
+    assert_eq!(mode["layout_content"], "row");
+    assert_eq!(mode["extend_prop"]["api_type"], "GET");
+    assert_eq!(mode["extend_prop"]["api_options"], "");
+
+    // author-b changes it: op_user follows.
+    let as_b: Api<plugin_operator::resources::PluginVersion> =
+        Api::namespaced(acting_as(&b).await, &ns.name);
+    // A whole second later, so op_time visibly moves (managedFields keep whole seconds).
+    let before = answer.body["op_time"].as_str().expect("op_time").to_owned();
+    let at_least = k8s_openapi::jiff::Timestamp::now()
+        .checked_add(k8s_openapi::jiff::SignedDuration::from_secs(1))
+        .expect("time");
+    while k8s_openapi::jiff::Timestamp::now() < at_least {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    as_b.patch(
+        "echo-0.1.0",
+        &PatchParams::default(),
+        &Patch::Merge(json!({"spec": {"description": "by b", "logicId": "logic-2"}})),
+    )
+    .await
+    .expect("author-b changes the draft");
+    let answer = detail_by(b.clone()).await;
+    let written = versions.get("echo-0.1.0").await.expect("the draft");
+    assert_eq!(answer.body["op_time"], spec_written(&written, &manager));
+    assert_ne!(answer.body["op_time"], before.as_str());
+
+    // author-a writing the annotation by hand, without changing the spec, changes nothing.
+    as_a.patch(
+        "echo-0.1.0",
+        &PatchParams::default(),
+        &Patch::Merge(json!({"metadata": {"annotations": {stamp: "someone-else"}}})),
+    )
+    .await
+    .expect("author-a patches metadata");
+    let kept = versions.get("echo-0.1.0").await.expect("the draft");
+    assert_eq!(kept.annotations().get(stamp), Some(&b));
+    assert_eq!(get(&path, &reader).await.body["op_user"], b.as_str());
+}

@@ -34,6 +34,10 @@ pub mod annotations {
     /// On an install: a failure a caller reported (seed 000 `notify-failure`), as JSON
     /// `{"reportedBy": "...", "at": "<RFC 3339>", "message": "..."}`.
     pub const REPORTED_FAILURE: &str = "plugin-operator.dev/reported-failure";
+    /// On a PluginVersion: the user who last created it or changed its spec (seed 004
+    /// `op_user`), stamped by the API server at admission (the chart's MutatingAdmissionPolicy
+    /// `plugin-operator-version-author`).
+    pub const CHANGED_BY: &str = "plugin-operator.dev/changed-by";
 }
 
 /// The install's credentials Secret (seed 003): keys and annotations.
