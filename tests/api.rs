@@ -772,7 +772,7 @@ async fn plugins_are_registered_listed_read_and_deleted() {
         &client,
         &ns.name,
         "registrar",
-        &["plugins"],
+        &["plugins", "pluginversions"],
         &["get", "list", "create", "delete"],
     )
     .await;
@@ -818,6 +818,53 @@ async fn plugins_are_registered_listed_read_and_deleted() {
         managers.contains(&"plugin-operator".to_owned()),
         "{managers:?}"
     );
+    // The version given is a draft PluginVersion of the plugin, owned by it...
+    let versions: Api<plugin_operator::resources::PluginVersion> =
+        Api::namespaced(client.clone(), &ns.name);
+    let draft = versions
+        .get("oplog-0.1.0")
+        .await
+        .expect("the draft version");
+    assert_eq!(
+        (draft.spec.plugin.as_str(), draft.spec.version.as_str()),
+        ("oplog", "0.1.0")
+    );
+    assert_eq!(
+        draft.spec.attribution,
+        plugin_operator::resources::VersionAttribution::Draft
+    );
+    assert_eq!(draft.owner_references()[0].uid, id);
+    // ... so an install that names it exactly finds it: it has no execution yet (the publisher
+    // fills it in), which is what the install reports, not a missing version.
+    install(
+        &client,
+        &ns.name,
+        "oplog",
+        json!({"plugin": "oplog", "version": "0.1.0"}),
+    )
+    .await;
+    let waiting = wait_phase(&client, &ns.name, "oplog", Phase::Error).await;
+    let status = waiting.status.expect("status");
+    assert_eq!(
+        status.last_failure.map(|f| f.reason).as_deref(),
+        Some("UnsupportedExecution")
+    );
+    // The printer column's source: the Plugin's name (namespace/name for a catalog one).
+    assert_eq!(status.plugin.as_deref(), Some("oplog"));
+    // Without `create pluginversions`, a registration with a version is refused whole.
+    let plugins_only = caller(&client, &ns.name, "plugins-only", &["plugins"], &["create"]).await;
+    let refused = post(
+        &collection,
+        &plugins_only,
+        json!({"name": "other", "version": "1.0.0", "spec": {"type": "OplogProcessor"}}),
+    )
+    .await;
+    expect_001(&refused, StatusCode::FORBIDDEN, "FORBIDDEN");
+    assert!(plugins.get_opt("other").await.expect("get").is_none());
+    let api: Api<PluginInstall> = Api::namespaced(client.clone(), &ns.name);
+    api.delete("oplog", &Default::default())
+        .await
+        .expect("delete the install");
 
     let listed = wait_until("the plugin listed", DEADLINE, || async {
         let answer = get(&collection, &token).await;

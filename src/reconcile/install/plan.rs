@@ -282,6 +282,7 @@ fn decide(world: &World) -> Result<Decision<'_>, BuildError> {
     let spec_changed = generation.is_some() && generation != old.observed_generation;
     let mut status = old.clone();
     status.observed_generation = generation;
+    status.plugin = Some(install.spec.plugin.to_string()).filter(|p| !p.is_empty());
     // A spec change ends Error, and so does the fix of what the spec referred to (a Plugin,
     // version or Secret that appears later): only runtime failures keep an install in Error.
     let input_error = old.phase == Some(Phase::Error)
