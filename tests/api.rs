@@ -861,6 +861,31 @@ async fn plugins_are_registered_listed_read_and_deleted() {
     .await;
     expect_001(&refused, StatusCode::FORBIDDEN, "FORBIDDEN");
     assert!(plugins.get_opt("other").await.expect("get").is_none());
+    // A version the API server refuses as a PluginVersion (longer than the CRD's 128
+    // characters) fails the registration whole: the Plugin made first is removed again.
+    let long = format!("1.0.0-{}", "a".repeat(200));
+    let refused = post(
+        &collection,
+        &token,
+        json!({"name": "longver", "version": long, "spec": {"type": "OplogProcessor"}}),
+    )
+    .await;
+    expect_001(&refused, StatusCode::BAD_REQUEST, "BAD_REQUEST");
+    wait_until(
+        "the failed registration's Plugin removed",
+        DEADLINE,
+        || async {
+            match plugins
+                .get_opt("longver")
+                .await
+                .map_err(|e| e.to_string())?
+            {
+                None => Ok(()),
+                Some(_) => Err("still there".to_owned()),
+            }
+        },
+    )
+    .await;
     let api: Api<PluginInstall> = Api::namespaced(client.clone(), &ns.name);
     api.delete("oplog", &Default::default())
         .await

@@ -385,8 +385,21 @@ pub async fn register_plugin(
             }
             other => other,
         })?;
-    if let Some(version) = &request.version {
-        create_draft(&state, &created, version).await?;
+    if let Some(version) = &request.version
+        && let Err(err) = create_draft(&state, &created, version).await
+    {
+        // All or nothing: the registration failed, so the Plugin goes too (guarded by its uid).
+        let params = DeleteParams {
+            preconditions: Some(Preconditions {
+                uid: created.uid(),
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        if let Err(error) = with_timeout(api.delete(&request.name, &params)).await {
+            tracing::warn!(%account, name = %request.name, %error, "cannot remove the Plugin of a failed registration");
+        }
+        return Err(err);
     }
     // The other routes find a plugin by id in the cache: answer once it is there, so that a
     // caller can delete or read what it just registered.
