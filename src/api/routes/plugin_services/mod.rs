@@ -371,6 +371,21 @@ mod tests {
         ] {
             assert!(paths.contains(&path), "{path} missing from {paths:?}");
         }
+        // The jobs collection: create (POST) and the plugin's list and long poll (GET), with
+        // its parameters.
+        let jobs = &doc.paths.paths[JOBS_PATH];
+        assert!(jobs.post.is_some());
+        let list = jobs.get.as_ref().expect("GET jobs documented");
+        let params: Vec<&str> = list
+            .parameters
+            .iter()
+            .flatten()
+            .filter_map(|p| match p {
+                utoipa::openapi::RefOr::T(p) => Some(p.name.as_str()),
+                utoipa::openapi::RefOr::Ref(_) => None,
+            })
+            .collect();
+        assert_eq!(params, ["status", "limit", "continue", "waitSeconds"]);
     }
 
     #[test]
