@@ -772,7 +772,7 @@ async fn plugins_are_registered_listed_read_and_deleted() {
         &client,
         &ns.name,
         "registrar",
-        &["plugins"],
+        &["plugins", "pluginversions"],
         &["get", "list", "create", "delete"],
     )
     .await;
@@ -818,6 +818,78 @@ async fn plugins_are_registered_listed_read_and_deleted() {
         managers.contains(&"plugin-operator".to_owned()),
         "{managers:?}"
     );
+    // The version given is a draft PluginVersion of the plugin, owned by it...
+    let versions: Api<plugin_operator::resources::PluginVersion> =
+        Api::namespaced(client.clone(), &ns.name);
+    let draft = versions
+        .get("oplog-0.1.0")
+        .await
+        .expect("the draft version");
+    assert_eq!(
+        (draft.spec.plugin.as_str(), draft.spec.version.as_str()),
+        ("oplog", "0.1.0")
+    );
+    assert_eq!(
+        draft.spec.attribution,
+        plugin_operator::resources::VersionAttribution::Draft
+    );
+    assert_eq!(draft.owner_references()[0].uid, id);
+    // ... so an install that names it exactly finds it: it has no execution yet (the publisher
+    // fills it in), which is what the install reports, not a missing version.
+    install(
+        &client,
+        &ns.name,
+        "oplog",
+        json!({"plugin": "oplog", "version": "0.1.0"}),
+    )
+    .await;
+    let waiting = wait_phase(&client, &ns.name, "oplog", Phase::Error).await;
+    let status = waiting.status.expect("status");
+    assert_eq!(
+        status.last_failure.map(|f| f.reason).as_deref(),
+        Some("UnsupportedExecution")
+    );
+    // The printer column's source: the Plugin's name (namespace/name for a catalog one).
+    assert_eq!(status.plugin.as_deref(), Some("oplog"));
+    // Without `create pluginversions`, a registration with a version is refused whole.
+    let plugins_only = caller(&client, &ns.name, "plugins-only", &["plugins"], &["create"]).await;
+    let refused = post(
+        &collection,
+        &plugins_only,
+        json!({"name": "other", "version": "1.0.0", "spec": {"type": "OplogProcessor"}}),
+    )
+    .await;
+    expect_001(&refused, StatusCode::FORBIDDEN, "FORBIDDEN");
+    assert!(plugins.get_opt("other").await.expect("get").is_none());
+    // A version the API server refuses as a PluginVersion (longer than the CRD's 128
+    // characters) fails the registration whole: the Plugin made first is removed again.
+    let long = format!("1.0.0-{}", "a".repeat(200));
+    let refused = post(
+        &collection,
+        &token,
+        json!({"name": "longver", "version": long, "spec": {"type": "OplogProcessor"}}),
+    )
+    .await;
+    expect_001(&refused, StatusCode::BAD_REQUEST, "BAD_REQUEST");
+    wait_until(
+        "the failed registration's Plugin removed",
+        DEADLINE,
+        || async {
+            match plugins
+                .get_opt("longver")
+                .await
+                .map_err(|e| e.to_string())?
+            {
+                None => Ok(()),
+                Some(_) => Err("still there".to_owned()),
+            }
+        },
+    )
+    .await;
+    let api: Api<PluginInstall> = Api::namespaced(client.clone(), &ns.name);
+    api.delete("oplog", &Default::default())
+        .await
+        .expect("delete the install");
 
     let listed = wait_until("the plugin listed", DEADLINE, || async {
         let answer = get(&collection, &token).await;
@@ -1325,4 +1397,405 @@ async fn version_details_follow_the_seed() {
     expect_004(&answer, StatusCode::NOT_FOUND, "PLUGIN.NOT_FOUND");
     let answer = get(&format!("{base}?plugin_name=echo&version=9.9.9"), &token).await;
     expect_004(&answer, StatusCode::NOT_FOUND, "PLUGIN.NOT_FOUND");
+}
+
+// ---------------------------------------------------------------------------------------------
+// external plugins (issue 17)
+
+/// A tiny external plugin: `/healthz` answers 200 while `healthy` is set, else 503.
+async fn serve_external(healthy: std::sync::Arc<std::sync::atomic::AtomicBool>) -> String {
+    use std::sync::atomic::Ordering;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    let app = axum::Router::new().route(
+        "/healthz",
+        axum::routing::get(move || {
+            let healthy = healthy.clone();
+            async move {
+                if healthy.load(Ordering::SeqCst) {
+                    (axum::http::StatusCode::OK, "ok")
+                } else {
+                    (axum::http::StatusCode::SERVICE_UNAVAILABLE, "down")
+                }
+            }
+        }),
+    );
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    format!("http://{addr}/healthz")
+}
+
+/// Whether a TokenReview for `audience` accepts `token`; the username it names.
+async fn review(client: &Client, token: &str, audience: &str) -> (bool, Option<String>) {
+    let reviews: Api<TokenReview> = Api::all(client.clone());
+    let review = TokenReview {
+        spec: TokenReviewSpec {
+            token: Some(token.to_owned()),
+            audiences: Some(vec![audience.to_owned()]),
+        },
+        ..Default::default()
+    };
+    let status = reviews
+        .create(&PostParams::default(), &review)
+        .await
+        .expect("TokenReview")
+        .status
+        .expect("status");
+    let ok = status.authenticated == Some(true)
+        && status.audiences.iter().flatten().any(|a| a == audience);
+    (ok, status.user.and_then(|u| u.username))
+}
+
+#[tokio::test]
+async fn external_installs_get_tokens_a_version_and_recheck_after_a_reported_failure() {
+    use std::sync::atomic::Ordering;
+    let client = setup().await;
+    let ns = namespace(&client, "api-external").await;
+    let token = caller(
+        &client,
+        &ns.name,
+        "supervisor",
+        &["plugininstalls"],
+        &["get", "list", "patch"],
+    )
+    .await;
+    let healthy = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(true));
+    let endpoint = serve_external(healthy.clone()).await;
+    external_plugin(&client, &ns.name, "remote", &endpoint).await;
+    for v in ["1.0.0", "1.2.0"] {
+        version(&client, &ns.name, "remote", v, "ready").await;
+    }
+    let remote = install(&client, &ns.name, "remote", json!({"plugin": "remote"})).await;
+    let active = wait_install(&client, &ns.name, "remote", "Active on 1.2.0", |i| {
+        i.status.as_ref().is_some_and(|s| {
+            s.phase == Some(Phase::Active) && s.version.as_deref() == Some("1.2.0")
+        })
+    })
+    .await;
+    assert_eq!(
+        active.status.as_ref().and_then(|s| s.endpoint.as_deref()),
+        Some(endpoint.as_str())
+    );
+    // Its ServiceAccount, owned by the install; still no Deployment.
+    let accounts: Api<ServiceAccount> = Api::namespaced(client.clone(), &ns.name);
+    let account = wait_until("the external install's ServiceAccount", DEADLINE, || {
+        let accounts = accounts.clone();
+        async move {
+            accounts
+                .get_opt("remote")
+                .await
+                .map_err(|e| e.to_string())?
+                .ok_or_else(|| "not yet".to_owned())
+        }
+    })
+    .await;
+    assert_eq!(account.owner_references()[0].uid, uid(&remote));
+    assert!(deployment(&client, &ns.name, "remote").await.is_none());
+
+    // Seed 000: the endpoint and a token the plugin verifies for its audience.
+    let request = json!({"plugin_id": "remote", "domain_id": ns.name});
+    let answer = wait_until("get-endpoint with a token", DEADLINE, || async {
+        let answer = post(&endpoint_path("remote"), &token, request.clone()).await;
+        if answer.status == StatusCode::OK {
+            Ok(answer)
+        } else {
+            Err(format!("{answer:?}"))
+        }
+    })
+    .await;
+    assert_eq!(answer.body["endpoint"], endpoint.as_str());
+    let access_token = answer.body["access_token"].as_str().expect("a token");
+    assert!(!access_token.is_empty(), "{answer:?}");
+    let audience = format!("plugin-operator.dev/{}/remote", ns.name);
+    assert_eq!(
+        review(&client, access_token, &audience).await,
+        (
+            true,
+            Some(format!("system:serviceaccount:{}:remote", ns.name))
+        )
+    );
+    assert!(
+        !review(&client, access_token, "plugin-operator.dev/other/remote")
+            .await
+            .0,
+        "only for the plugin's audience"
+    );
+
+    // Seed 002 lists its version.
+    let list = get(&format!("/plugins?namespace={}", ns.name), &token).await;
+    expect(&list, StatusCode::OK);
+    let shown = find_instance(&list, &uid(&remote)).expect("the external install");
+    assert_eq!(shown["version"], "1.2.0");
+    assert_eq!(shown["connection"]["mode"], "external");
+
+    // Seed 003: the plugin logs in with its credentials.
+    let secrets: Api<k8s_openapi::api::core::v1::Secret> =
+        Api::namespaced(client.clone(), &ns.name);
+    let data = secrets
+        .get("remote-credentials")
+        .await
+        .expect("credentials")
+        .data
+        .expect("data");
+    let text = |k: &str| String::from_utf8(data[k].0.clone()).expect("text");
+    let login = reqwest::Client::new()
+        .post(format!("http://{}/a/auth/v0/token", operator().api_addr))
+        .basic_auth(text("client_id"), Some(text("client_secret")))
+        .form(&[
+            ("grant_type", "client_credentials"),
+            ("scope", "plugin,token.refresh"),
+        ])
+        .send()
+        .await
+        .expect("the token route answers");
+    assert_eq!(login.status(), StatusCode::OK);
+    let login: Value = login.json().await.expect("json");
+    let plugin_token = login["access_token"].as_str().expect("access_token");
+    assert_eq!(
+        review(&client, plugin_token, "plugin-operator.dev/plugin-services").await,
+        (
+            true,
+            Some(format!("system:serviceaccount:{}:remote", ns.name))
+        )
+    );
+
+    // Seed 000 notify-failure while the endpoint answers: Restarting, re-checked, Active.
+    let failure = |supervisor: &str| {
+        json!({"supervisor_id": supervisor, "plugin_id": "remote", "version": "1.2.0",
+               "domain_id": ns.name})
+    };
+    let answer = put(&failure_path("remote"), &token, failure("sup-ok")).await;
+    expect(&answer, StatusCode::OK);
+    let events = wait_events(&client, &ns.name, "remote", "Restarting then Active", |e| {
+        events_from(e, "Restarting").contains(&"Active")
+    })
+    .await;
+    assert_eq!(
+        events_from(&events, "Restarting")[..2],
+        ["Restarting", "Active"]
+    );
+    let back = wait_phase(&client, &ns.name, "remote", Phase::Active).await;
+    let last = back
+        .status
+        .and_then(|s| s.last_failure)
+        .expect("lastFailure");
+    assert_eq!(
+        (last.reason.as_str(), last.reported_by.as_str()),
+        ("FailureReported", "sup-ok")
+    );
+
+    // ... and while it does not: Restarting, then Error.
+    healthy.store(false, Ordering::SeqCst);
+    let answer = put(&failure_path("remote"), &token, failure("sup-down")).await;
+    expect(&answer, StatusCode::OK);
+    let failed = wait_phase(&client, &ns.name, "remote", Phase::Error).await;
+    let last = failed
+        .status
+        .and_then(|s| s.last_failure)
+        .expect("lastFailure");
+    assert_eq!(
+        (last.reason.as_str(), last.reported_by.as_str()),
+        ("EndpointUnreachable", "sup-down")
+    );
+    // EndpointUnreachable is recorded only when a re-check after Restarting fails.
+    let events = event_reasons(&client, &ns.name, "remote").await;
+    assert!(events.iter().any(|e| e == "Error"), "{events:?}");
+}
+
+// ---------------------------------------------------------------------------------------------
+// seed 004 from real data (issue 17)
+
+/// Applies the chart's admission policy that stamps who changed a PluginVersion
+/// (charts/plugin-operator/files/version-author-policy.yaml), as `helm install` does on a
+/// cluster that serves MutatingAdmissionPolicy.
+async fn apply_version_author_policy(client: &Client) {
+    use kube::{
+        api::DynamicObject,
+        core::{ApiResource, GroupVersionKind},
+    };
+    let path = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/charts/plugin-operator/files/version-author-policy.yaml"
+    );
+    let text = std::fs::read_to_string(path).expect("the chart's policy");
+    for document in serde_yaml::Deserializer::from_str(&text) {
+        let value: Value = serde::Deserialize::deserialize(document).expect("YAML");
+        let object: DynamicObject = serde_json::from_value(value).expect("an object");
+        let kind = object.types.as_ref().expect("kind").kind.clone();
+        let gvk = GroupVersionKind::gvk("admissionregistration.k8s.io", "v1", &kind);
+        let resource = ApiResource::from_gvk(&gvk);
+        let api: Api<DynamicObject> = Api::all_with(client.clone(), &resource);
+        api.patch(
+            &object.name_any(),
+            &PatchParams::apply("api-tests").force(),
+            &Patch::Apply(&object),
+        )
+        .await
+        .expect("apply the policy");
+    }
+}
+
+/// A client that acts as `user` (impersonation by the tests' admin).
+async fn acting_as(user: &str) -> Client {
+    let mut config = kube::Config::infer().await.expect("kubeconfig");
+    config.auth_info.impersonate = Some(user.to_owned());
+    Client::try_from(config).expect("client")
+}
+
+#[tokio::test]
+async fn version_details_name_the_user_who_last_changed_the_version() {
+    let client = setup().await;
+    apply_version_author_policy(&client).await;
+    let ns = namespace(&client, "api-004-author").await;
+    let reader = caller(&client, &ns.name, "reader", &["pluginversions"], &["get"]).await;
+    let writes = ["create", "get", "patch", "update"];
+    for author in ["author-a", "author-b"] {
+        caller(&client, &ns.name, author, &["pluginversions"], &writes).await;
+    }
+    let user = |name: &str| format!("system:serviceaccount:{}:{name}", ns.name);
+    let (a, b) = (user("author-a"), user("author-b"));
+    plugin(&client, &ns.name, "echo").await;
+
+    // author-a creates a draft; the policy may take a moment to be loaded by the API server,
+    // so author-a changes the draft until the API server has stamped it.
+    let as_a: Api<plugin_operator::resources::PluginVersion> =
+        Api::namespaced(acting_as(&a).await, &ns.name);
+    let draft: plugin_operator::resources::PluginVersion = serde_json::from_value(json!({
+        "apiVersion": "plugin-operator.dev/v1alpha1", "kind": "PluginVersion",
+        "metadata": {"name": "echo-0.1.0"},
+        "spec": {"plugin": "echo", "version": "0.1.0", "attribution": "draft",
+                 "logicId": "logic-1", "runtimeAttribution": "agent",
+                 "configSchema": {"type": "object", "properties": {"mode": {"type": "string"}}},
+                 "inputs": {"mode": {"frontDataProp": "modeProp", "layoutContent": "row",
+                                     "extendProp": {"apiType": "GET"}}}}
+    }))
+    .expect("a draft");
+    as_a.create(&PostParams::default(), &draft)
+        .await
+        .expect("author-a creates the draft");
+    let stamp = "plugin-operator.dev/changed-by";
+    let mut round = 0;
+    wait_until("the policy to stamp author-a", DEADLINE, || {
+        round += 1;
+        let description = format!("by a, round {round}");
+        let as_a = as_a.clone();
+        let a = a.clone();
+        async move {
+            let patched = as_a
+                .patch(
+                    "echo-0.1.0",
+                    &PatchParams::default(),
+                    &Patch::Merge(json!({"spec": {"description": description}})),
+                )
+                .await
+                .map_err(|e| e.to_string())?;
+            match patched.annotations().get(stamp) {
+                Some(by) if *by == a => Ok(()),
+                other => Err(format!("stamped {other:?}")),
+            }
+        }
+    })
+    .await;
+
+    let path = format!(
+        "/v1/{}/agent-plugin/detail?plugin_name=echo&version=0.1.0",
+        ns.name
+    );
+    let versions: Api<plugin_operator::resources::PluginVersion> =
+        Api::namespaced(client.clone(), &ns.name);
+    // op_time: when the spec was last written, as the API server recorded it.
+    let spec_written = |v: &plugin_operator::resources::PluginVersion, manager: &str| {
+        v.metadata
+            .managed_fields
+            .iter()
+            .flatten()
+            .filter(|m| m.subresource.is_none())
+            .filter(|m| {
+                m.fields_v1
+                    .as_ref()
+                    .is_some_and(|f| f.0.get("f:spec").is_some())
+            })
+            .filter_map(|m| m.time.as_ref().map(|t| (m.manager.clone(), t.0)))
+            .max_by_key(|(_, t)| *t)
+            .map(|(who, t)| {
+                assert_eq!(who.as_deref(), Some(manager));
+                t.as_millisecond().to_string()
+            })
+            .expect("a spec write")
+    };
+    let detail_by = |who: String| {
+        let path = path.clone();
+        let reader = reader.clone();
+        async move {
+            wait_until(&format!("op_user {who}"), DEADLINE, || async {
+                let answer = get(&path, &reader).await;
+                if answer.status == StatusCode::OK && answer.body["op_user"] == who.as_str() {
+                    Ok(answer)
+                } else {
+                    Err(format!("{answer:?}"))
+                }
+            })
+            .await
+        }
+    };
+    let answer = detail_by(a.clone()).await;
+    let written = versions.get("echo-0.1.0").await.expect("the draft");
+    // kubectl and kube-rs clients without a field manager are recorded under their program name.
+    let manager = written
+        .metadata
+        .managed_fields
+        .iter()
+        .flatten()
+        .find(|m| {
+            m.fields_v1
+                .as_ref()
+                .is_some_and(|f| f.0.get("f:spec").is_some())
+        })
+        .and_then(|m| m.manager.clone())
+        .expect("a manager");
+    assert_eq!(answer.body["op_time"], spec_written(&written, &manager));
+    // The remaining seed fields, as the version gives them.
+    assert_eq!(answer.body["runtime_attribution"], "agent");
+    assert_eq!(answer.body["plugin_execution"], json!({}));
+    let mode = &answer.body["input_info"][0];
+    assert_eq!(mode["front_data_prop"], "modeProp");
+    assert_eq!(mode["layout_content"], "row");
+    assert_eq!(mode["extend_prop"]["api_type"], "GET");
+    assert_eq!(mode["extend_prop"]["api_options"], "");
+
+    // author-b changes it: op_user follows.
+    let as_b: Api<plugin_operator::resources::PluginVersion> =
+        Api::namespaced(acting_as(&b).await, &ns.name);
+    // A whole second later, so op_time visibly moves (managedFields keep whole seconds).
+    let before = answer.body["op_time"].as_str().expect("op_time").to_owned();
+    let at_least = k8s_openapi::jiff::Timestamp::now()
+        .checked_add(k8s_openapi::jiff::SignedDuration::from_secs(1))
+        .expect("time");
+    while k8s_openapi::jiff::Timestamp::now() < at_least {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    as_b.patch(
+        "echo-0.1.0",
+        &PatchParams::default(),
+        &Patch::Merge(json!({"spec": {"description": "by b", "logicId": "logic-2"}})),
+    )
+    .await
+    .expect("author-b changes the draft");
+    let answer = detail_by(b.clone()).await;
+    let written = versions.get("echo-0.1.0").await.expect("the draft");
+    assert_eq!(answer.body["op_time"], spec_written(&written, &manager));
+    assert_ne!(answer.body["op_time"], before.as_str());
+
+    // author-a writing the annotation by hand, without changing the spec, changes nothing.
+    as_a.patch(
+        "echo-0.1.0",
+        &PatchParams::default(),
+        &Patch::Merge(json!({"metadata": {"annotations": {stamp: "someone-else"}}})),
+    )
+    .await
+    .expect("author-a patches metadata");
+    let kept = versions.get("echo-0.1.0").await.expect("the draft");
+    assert_eq!(kept.annotations().get(stamp), Some(&b));
+    assert_eq!(get(&path, &reader).await.body["op_user"], b.as_str());
 }

@@ -771,7 +771,7 @@ async fn api_caller(client: &kube::Client, namespace: &str) -> String {
             "apiVersion": "rbac.authorization.k8s.io/v1", "kind": "Role",
             "metadata": {"name": "tenant"},
             "rules": [{"apiGroups": ["plugin-operator.dev"],
-                       "resources": ["plugins", "plugininstalls", "pluginjobs"],
+                       "resources": ["plugins", "pluginversions", "plugininstalls", "pluginjobs"],
                        "verbs": ["get", "list", "create", "patch", "delete"]}]
         }),
     )
@@ -1140,6 +1140,28 @@ async fn rendered_manifest_installs_and_its_rbac_runs_the_operator() {
     .await;
     assert_eq!(status, StatusCode::OK, "register: {body}");
     let id = body["id"].as_str().expect("an id").to_owned();
+    // The registration's draft version, as seed 004 shows it (a read of its managedFields).
+    let detail = wait_until("the draft version in seed 004", DEADLINE, || async {
+        let (status, body) = call_api(
+            &api_addr,
+            Method::GET,
+            &format!(
+                "/v1/{}/agent-plugin/detail?plugin_name=oplog&version=0.1.0",
+                ns.name
+            ),
+            &tenant,
+            None,
+        )
+        .await;
+        if status == StatusCode::OK {
+            Ok(body)
+        } else {
+            Err(format!("{status}: {body}"))
+        }
+    })
+    .await;
+    assert_eq!(detail["version_attribution"], "draft");
+    assert_ne!(detail["op_time"], "");
     let (status, body) = call_api(
         &api_addr,
         Method::DELETE,

@@ -577,6 +577,11 @@ async fn catalog_plugins_install_anywhere_other_namespaces_plugins_nowhere() {
     )
     .await;
     let ok = wait_phase(&client, &tenant.name, "from-catalog", Phase::Active).await;
+    // The Plugin printer column reads status.plugin: namespace/name for a catalog Plugin.
+    assert_eq!(
+        ok.status.as_ref().and_then(|s| s.plugin.clone()),
+        Some(format!("{catalog}/{shared}"))
+    );
     assert_eq!(ok.status.and_then(|s| s.version).as_deref(), Some("1.0.0"));
     let refused = wait_phase(&client, &tenant.name, "from-other", Phase::Error).await;
     let failure = refused

@@ -17,6 +17,9 @@
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "$0")/../.." && pwd)
+# Service account tokens live at most 24 h (--service-account-max-token-expiration, as managed
+# clusters often cap them): tests/plugin_services.rs checks that the token route's expires_in
+# is the lifetime the API server issued, not the one asked for.
 # LOCAL_CLUSTER_DIR runs a second, separate cluster (e.g. for a developer next to `just demo`).
 DIR="${LOCAL_CLUSTER_DIR:-$ROOT/target/local-cluster}"
 PIDS="$DIR/pids"
@@ -130,6 +133,7 @@ start_apiserver() {
     --authorization-mode RBAC \
     --service-account-issuer https://kubernetes.default.svc.cluster.local \
     --service-account-signing-key-file "$DIR/pki/sa.key" --service-account-key-file "$DIR/pki/sa.pub" \
+    --service-account-max-token-expiration 24h \
     --api-audiences https://kubernetes.default.svc.cluster.local \
     --service-cluster-ip-range 10.96.0.0/16 --allow-privileged=true --profiling=false \
     --endpoint-reconciler-type none \

@@ -189,6 +189,17 @@ pub fn cache_until(
 /// The `exp` claim of a JWT, read without verifying the signature; `None` when the token is not
 /// a JWT or has no numeric `exp`.
 pub fn jwt_expiry(token: &str) -> Option<Timestamp> {
+    Timestamp::from_second(jwt_seconds(token, "exp")?).ok()
+}
+
+/// The lifetime a JWT was issued with: its `exp` minus its `iat` claim, in seconds (not
+/// verified: only for telling a caller what the API server issued).
+pub fn jwt_lifetime(token: &str) -> Option<i64> {
+    Some(jwt_seconds(token, "exp")? - jwt_seconds(token, "iat")?)
+}
+
+/// A numeric date claim of a JWT (not verified).
+fn jwt_seconds(token: &str, claim: &str) -> Option<i64> {
     let mut parts = token.split('.');
     let (_header, payload, _signature) = (parts.next()?, parts.next()?, parts.next()?);
     if parts.next().is_some() {
@@ -198,9 +209,8 @@ pub fn jwt_expiry(token: &str) -> Option<Timestamp> {
         .decode(payload.trim_end_matches('='))
         .ok()?;
     let claims: serde_json::Value = serde_json::from_slice(&bytes).ok()?;
-    let exp = claims.get("exp")?;
-    let seconds = exp.as_i64().or_else(|| exp.as_f64().map(|f| f as i64))?;
-    Timestamp::from_second(seconds).ok()
+    let value = claims.get(claim)?;
+    value.as_i64().or_else(|| value.as_f64().map(|f| f as i64))
 }
 
 #[cfg(test)]
@@ -239,6 +249,16 @@ mod tests {
         assert_eq!(jwt_expiry("not-a-jwt"), None);
         assert_eq!(jwt_expiry("a.%%%.c"), None);
         assert_eq!(jwt_expiry("a.b.c.d"), None);
+        assert_eq!(
+            jwt_lifetime(&jwt(
+                serde_json::json!({"iat": 1_700_000_000, "exp": 1_700_086_400})
+            )),
+            Some(86_400)
+        );
+        assert_eq!(
+            jwt_lifetime(&jwt(serde_json::json!({"exp": 1_700_000_000}))),
+            None
+        );
     }
 
     #[test]

@@ -13,8 +13,10 @@
 //! - at most [`Limits::max_concurrent_requests`] requests are handled at once; one more is
 //!   answered 503 with `Retry-After` at once (load shedding) instead of waiting in a queue
 //!   (`tower::load_shed` over `tower::limit::GlobalConcurrencyLimit`);
-//! - a request is answered within [`Limits::request_timeout`] (`tower::timeout`; reading the
-//!   body counts): 503 with `Retry-After` when it is not;
+//! - a request is answered within [`Limits::request_timeout`] (reading the body counts): 503
+//!   with `Retry-After` when it is not. A long poll of the jobs list (`waitSeconds`) gets its wait
+//!   on top ([`allowed_time`]): `tower::timeout` takes one duration for every request, so this
+//!   one is a small middleware over `tokio::time::timeout`;
 //! - a body larger than [`Limits::body_limit`] is refused (`tower_http::limit`: 413 when its
 //!   `Content-Length` says so, else the route's 400 when reading it passes the limit);
 //! - the token route's rate limits ([`super::token_limit`]).
@@ -101,7 +103,10 @@ pub fn app(router: Router, limits: &Limits, metrics: HttpMetrics) -> Router {
         .layer(GlobalConcurrencyLimitLayer::new(
             limits.max_concurrent_requests.max(1),
         ))
-        .timeout(limits.request_timeout);
+        .layer(axum::middleware::from_fn_with_state(
+            limits.request_timeout,
+            deadline,
+        ));
     // `Router::layer` wraps each route (so `MatchedPath` is known to the layers): the
     // concurrency limit is the global one, whose permits every route shares.
     router
@@ -114,17 +119,52 @@ pub fn app(router: Router, limits: &Limits, metrics: HttpMetrics) -> Router {
         ))
 }
 
-/// Answers what a layer refused: 503 with `Retry-After`, for a request shed (too many at once)
-/// or one that took too long.
+/// The time a request gets to be answered: `request_timeout`, and for a long poll of the jobs
+/// list (`GET /api/v2/plugin-services/jobs?waitSeconds=N`) the N seconds it waits on top (at
+/// most the route's maximum; the route refuses more).
+pub fn allowed_time(request_timeout: Duration, request: &axum::extract::Request) -> Duration {
+    use crate::api::routes::plugin_services::{JOBS_PATH, MAX_WAIT_SECONDS};
+    if request.method() != axum::http::Method::GET || request.uri().path() != JOBS_PATH {
+        return request_timeout;
+    }
+    let wait = request
+        .uri()
+        .query()
+        .into_iter()
+        .flat_map(|q| q.split('&'))
+        .filter_map(|pair| pair.strip_prefix("waitSeconds="))
+        .filter_map(|n| n.parse::<u64>().ok())
+        .max()
+        .unwrap_or(0)
+        .min(MAX_WAIT_SECONDS);
+    request_timeout + Duration::from_secs(wait)
+}
+
+/// Answers 503 when a request is not answered within its [`allowed_time`].
+async fn deadline(
+    axum::extract::State(request_timeout): axum::extract::State<Duration>,
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    let allowed = allowed_time(request_timeout, &request);
+    match tokio::time::timeout(allowed, next.run(request)).await {
+        Ok(response) => response,
+        Err(_) => refusal("the request took too long to be answered; try again"),
+    }
+}
+
+/// Answers what a layer refused: 503 with `Retry-After`, for a request shed (too many at once).
 async fn refused(err: BoxError) -> Response {
-    let message = if err.is::<tower::load_shed::error::Overloaded>() {
-        "too many requests at once; try again shortly".to_owned()
-    } else if err.is::<tower::timeout::error::Elapsed>() {
-        "the request took too long to be answered; try again".to_owned()
+    if err.is::<tower::load_shed::error::Overloaded>() {
+        refusal("too many requests at once; try again shortly")
     } else {
         tracing::error!(error = %err, "a layer of the HTTP API failed");
-        "the server could not answer; try again".to_owned()
-    };
+        refusal("the server could not answer; try again")
+    }
+}
+
+/// 503 with `Retry-After` and `message`.
+fn refusal(message: &str) -> Response {
     let mut response = (
         StatusCode::SERVICE_UNAVAILABLE,
         axum::Json(serde_json::json!({"error": "unavailable", "message": message})),
@@ -214,6 +254,30 @@ mod tests {
             .uri(path)
             .body(Body::from(body))
             .expect("request")
+    }
+
+    #[test]
+    fn a_long_poll_gets_its_wait_on_top_of_the_request_timeout() {
+        let base = Duration::from_secs(30);
+        let at = |method: &str, path: &str| allowed_time(base, &request(method, path, ""));
+        assert_eq!(
+            at(
+                "GET",
+                "/api/v2/plugin-services/jobs?status=pending&waitSeconds=20"
+            ),
+            Duration::from_secs(50)
+        );
+        // Capped at the route's maximum (the route answers 400 above it anyway).
+        assert_eq!(
+            at("GET", "/api/v2/plugin-services/jobs?waitSeconds=600"),
+            Duration::from_secs(90)
+        );
+        assert_eq!(at("GET", "/api/v2/plugin-services/jobs"), base);
+        assert_eq!(
+            at("POST", "/api/v2/plugin-services/jobs?waitSeconds=20"),
+            base
+        );
+        assert_eq!(at("GET", "/v1/plugins?waitSeconds=20"), base);
     }
 
     #[tokio::test]

@@ -106,6 +106,16 @@ where
     Ok(())
 }
 
+/// An active external install's children: its ServiceAccount, and no Deployment.
+pub async fn external(
+    ctx: &Context,
+    install: &PluginInstall,
+    service_account: &k8s_openapi::api::core::v1::ServiceAccount,
+) -> Result<(), Error> {
+    apply_if_changed(ctx, service_account, &ctx.caches.service_accounts).await?;
+    remove_deployment(ctx, install).await
+}
+
 /// Removes an install's Deployment (inactive or external installs run none); only one the
 /// install owns.
 pub async fn remove_deployment(ctx: &Context, install: &PluginInstall) -> Result<(), Error> {

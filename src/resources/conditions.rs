@@ -90,6 +90,8 @@ pub enum FailureReason {
     ContainerRestarted,
     PodUnready,
     FailureReported,
+    /// An external plugin's endpoint did not answer its health check after a reported failure.
+    EndpointUnreachable,
     // What the spec names is wrong or missing.
     InvalidSpec,
     PluginNotFound,
@@ -114,7 +116,7 @@ pub enum FailureOrigin {
 }
 
 impl FailureReason {
-    pub const ALL: [Self; 16] = [
+    pub const ALL: [Self; 17] = [
         Self::ImagePullFailed,
         Self::CrashLoop,
         Self::ContainerConfigError,
@@ -122,6 +124,7 @@ impl FailureReason {
         Self::ContainerRestarted,
         Self::PodUnready,
         Self::FailureReported,
+        Self::EndpointUnreachable,
         Self::InvalidSpec,
         Self::PluginNotFound,
         Self::PluginNotInstallable,
@@ -143,6 +146,7 @@ impl FailureReason {
             Self::ContainerRestarted => "ContainerRestarted",
             Self::PodUnready => "PodUnready",
             Self::FailureReported => "FailureReported",
+            Self::EndpointUnreachable => "EndpointUnreachable",
             Self::InvalidSpec => "InvalidSpec",
             Self::PluginNotFound => "PluginNotFound",
             Self::PluginNotInstallable => "PluginNotInstallable",
@@ -168,7 +172,8 @@ impl FailureReason {
             | Self::ProgressDeadlineExceeded
             | Self::ContainerRestarted
             | Self::PodUnready
-            | Self::FailureReported => FailureOrigin::Runtime,
+            | Self::FailureReported
+            | Self::EndpointUnreachable => FailureOrigin::Runtime,
             Self::InvalidSpec
             | Self::PluginNotFound
             | Self::PluginNotInstallable

@@ -43,8 +43,8 @@ pub use plugin_install::{
 };
 pub use plugin_job::{Attachment, JobStatus, PluginJob, PluginJobSpec, PluginJobStatus};
 pub use plugin_version::{
-    Composition, Execution, ExecutionType, PluginVersion, PluginVersionSpec, PluginVersionStatus,
-    VersionAttribution,
+    Composition, Execution, ExecutionType, ExtendPropSpec, InputPresentation, PluginVersion,
+    PluginVersionSpec, PluginVersionStatus, VersionAttribution,
 };
 pub use validate::{FieldError, spec_hash, validate_install, validate_plugin, validate_version};
 pub use version_range::VersionSelector;

@@ -37,6 +37,10 @@ pub mod annotations {
     /// On an install: a new value (any string; `kubectl plugin-operator retry` writes the time)
     /// asks for one more try of an install in `Error`, without a change of its spec.
     pub const RETRY: &str = "plugin-operator.dev/retry";
+    /// On a PluginVersion: the user who last created it or changed its spec (seed 004
+    /// `op_user`), stamped by the API server at admission (the chart's MutatingAdmissionPolicy
+    /// `plugin-operator-version-author`).
+    pub const CHANGED_BY: &str = "plugin-operator.dev/changed-by";
 }
 
 /// The install's credentials Secret (seed 003): keys and annotations.

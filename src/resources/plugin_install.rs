@@ -37,7 +37,12 @@ pub const HISTORY_LIMIT: usize = 10;
     doc = "One installation of a plugin in a namespace. The operator runs it (or, for an \
            external plugin, checks its endpoint), keeps it within its version range and reports \
            where to reach it.",
-    printcolumn(name = "Plugin", type_ = "string", json_path = ".spec.plugin"),
+    printcolumn(
+        name = "Plugin",
+        type_ = "string",
+        description = "name, or namespace/name for a catalog Plugin",
+        json_path = ".status.plugin"
+    ),
     printcolumn(
         name = "Version",
         type_ = "string",
@@ -420,6 +425,11 @@ pub struct PluginInstallStatus {
     /// The `metadata.generation` this status describes.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub observed_generation: Option<i64>,
+    /// The Plugin the install uses, as `kubectl get` shows it: `name`, or `namespace/name` for
+    /// a Plugin of another namespace (the catalog). A printer column's JSONPath cannot join the
+    /// two forms of `spec.plugin`, so the operator writes it here.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub plugin: Option<String>,
 }
 
 /// A failure of an install.

@@ -22,6 +22,10 @@ use serde::{Deserialize, Serialize};
     derive = "PartialEq",
     doc = "A work item for one install of a plugin: created by a caller of the plugin-services \
            API, settled by the plugin.",
+    // `GET /api/v2/plugin-services/jobs` lists an install's pending jobs with a field selector on
+    // these, so Kubernetes pages them (`limit`/`continue`) and a watch wakes a long poll.
+    selectable = ".spec.install",
+    selectable = ".status.status",
     printcolumn(name = "Install", type_ = "string", json_path = ".spec.install"),
     printcolumn(name = "Name", type_ = "string", json_path = ".spec.name"),
     printcolumn(name = "Status", type_ = "string", json_path = ".status.status"),
@@ -93,6 +97,10 @@ pub struct PluginJobStatus {
     /// When the plugin settled it; the job's time to live counts from here.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub settled_at: Option<Time>,
+    /// Who settled it: the username of the plugin token's ServiceAccount
+    /// (`system:serviceaccount:<namespace>:<install>`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub settled_by: Option<String>,
 }
 
 /// A result attached to a settled job.

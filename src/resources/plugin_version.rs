@@ -88,7 +88,57 @@ pub struct PluginVersionSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(schema_with = "crate::resources::schema::free_form_object")]
     pub manifest: Option<serde_json::Value>,
+    /// Seed 004 `plugin_execution.logic_id`: the id of the logic this version runs, as the
+    /// publisher names it. Shown as given.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub logic_id: Option<String>,
+    /// Seed 004 `plugin_execution.basic_instance_id`: the publisher's id of the base instance.
+    /// Shown as given.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub basic_instance_id: Option<String>,
+    /// Seed 004 `runtime_attribution`: where the plugin runs. When absent, `agentLess` (the
+    /// operator runs it in the cluster, no agent on a host).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub runtime_attribution: Option<String>,
+    /// Seed 004 presentation of the input items, by configSchema property name: what a form
+    /// shows beyond the schema. Shown as given.
+    #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub inputs: std::collections::BTreeMap<String, InputPresentation>,
 }
+
+/// How a form presents one input item (seed 004 `input_info`); every field is shown as given.
+#[derive(Serialize, Deserialize, JsonSchema, Clone, Debug, Default, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct InputPresentation {
+    /// `front_data_prop`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub front_data_prop: Option<String>,
+    /// `layout_content`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub layout_content: Option<String>,
+    /// `extend_prop` (its `options` come from the property's `enum`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub extend_prop: Option<ExtendPropSpec>,
+}
+
+/// Seed 004 `extend_prop` of an input item.
+#[derive(Serialize, Deserialize, JsonSchema, Clone, Debug, Default, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct ExtendPropSpec {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub api_options: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub api_type: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub show_placeholder: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub disabled_conditions: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub visible_conditions: Option<String>,
+}
+
+/// Seed 004 `runtime_attribution` when a version does not say.
+pub const DEFAULT_RUNTIME_ATTRIBUTION: &str = "agentLess";
 
 /// Whether a version is released (`formal`) or work in progress (`draft`).
 #[derive(Serialize, Deserialize, JsonSchema, Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]

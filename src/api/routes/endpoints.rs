@@ -173,8 +173,8 @@ pub struct PluginEndpoint {
     /// Where the plugin is reached (its Service, or an external plugin's URL).
     pub endpoint: String,
     /// A token for the plugin: a ServiceAccount token of the install with the audience
-    /// `plugin-operator.dev/<namespace>/<plugin>`, valid for 10 minutes. Empty for an external
-    /// plugin.
+    /// `plugin-operator.dev/<namespace>/<plugin>`, valid for 10 minutes; for external plugins
+    /// too (the plugin verifies its callers with a TokenReview for that audience).
     pub access_token: String,
     /// A newer version the install may move to (`status.availableVersion`), or empty.
     pub updated_version: String,
@@ -354,17 +354,12 @@ pub async fn get_endpoint(
         .into());
     };
     let status = install.status.clone().unwrap_or_default();
-    let external = state
-        .plugin_of(install)
-        .is_some_and(|p| !p.spec.is_supervised());
-    let access_token = if external {
-        String::new()
-    } else {
-        state
-            .tokens()
-            .issue(&state, install, &request.plugin_id)
-            .await?
-    };
+    // Supervised or external alike: a token of the install's ServiceAccount for the plugin's
+    // audience, which the plugin verifies with a TokenReview (docs/api.md).
+    let access_token = state
+        .tokens()
+        .issue(&state, install, &request.plugin_id)
+        .await?;
     Ok(Json(PluginEndpoint {
         endpoint: status.endpoint.unwrap_or_default(),
         access_token,

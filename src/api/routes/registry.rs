@@ -21,7 +21,7 @@ use crate::api::{
 };
 use crate::{
     resources::names::FIELD_MANAGER,
-    resources::{Plugin, PluginSpec},
+    resources::{Plugin, PluginSpec, PluginVersion, PluginVersionSpec, VersionAttribution},
     runtime::cache,
     runtime::call::with_timeout,
 };
@@ -163,8 +163,10 @@ pub struct RegisterPlugin {
     /// The Plugin's name: lowercase letters, digits and `-`, at most 63, starting and ending
     /// with a letter or digit.
     pub name: String,
-    /// Kept as an annotation and shown as `version` until the plugin has a formal
-    /// PluginVersion; registering one is a separate step (a PluginVersion).
+    /// A semantic version (`1.4.0`). Kept as an annotation and shown as `version` until the
+    /// plugin has a formal PluginVersion; a draft PluginVersion of that number is created with
+    /// the plugin (needs `create pluginversions` too), so it can be installed by exact version
+    /// once its execution is filled in.
     #[schema(nullable = false)]
     pub version: Option<String>,
     #[schema(nullable = false)]
@@ -318,6 +320,22 @@ pub async fn register_plugin(
         .authorize(&auth.caller, &Access::new("create", "plugins", &account))
         .await?;
     let request = body.value;
+    if let Some(version) = &request.version {
+        if semver::Version::parse(version).is_err() {
+            return Err(ApiError::invalid(
+                "version",
+                format!("{version:?} is not a semantic version such as 1.4.0"),
+            )
+            .into());
+        }
+        state
+            .auth()
+            .authorize(
+                &auth.caller,
+                &Access::new("create", "pluginversions", &account),
+            )
+            .await?;
+    }
     let mut annotations = std::collections::BTreeMap::new();
     if let Some(version) = &request.version {
         annotations.insert(annotations::REGISTERED_VERSION.to_owned(), version.clone());
@@ -367,6 +385,22 @@ pub async fn register_plugin(
             }
             other => other,
         })?;
+    if let Some(version) = &request.version
+        && let Err(err) = create_draft(&state, &created, version).await
+    {
+        // All or nothing: the registration failed, so the Plugin goes too (guarded by its uid).
+        let params = DeleteParams {
+            preconditions: Some(Preconditions {
+                uid: created.uid(),
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        if let Err(error) = with_timeout(api.delete(&request.name, &params)).await {
+            tracing::warn!(%account, name = %request.name, %error, "cannot remove the Plugin of a failed registration");
+        }
+        return Err(err);
+    }
     // The other routes find a plugin by id in the cache: answer once it is there, so that a
     // caller can delete or read what it just registered.
     if let Some(uid) = created.uid() {
@@ -384,6 +418,41 @@ pub async fn register_plugin(
         }
     }
     Ok(Json(PluginDto::from_plugin(&created)))
+}
+
+/// The draft PluginVersion `<plugin>-<version>` of a registration, owned by the Plugin (deleted
+/// with it). One that exists already (left from an earlier plugin of that name) is kept.
+async fn create_draft(state: &ApiState, plugin: &Plugin, version: &str) -> Result<()> {
+    let namespace = plugin.namespace().unwrap_or_default();
+    let name = format!("{}-{}", plugin.name_any(), version.replace('+', "-")).to_lowercase();
+    let draft = PluginVersion {
+        metadata: ObjectMeta {
+            name: Some(name.clone()),
+            namespace: Some(namespace.clone()),
+            owner_references: plugin.controller_owner_ref(&()).map(|r| vec![r]),
+            ..Default::default()
+        },
+        spec: PluginVersionSpec {
+            plugin: plugin.name_any(),
+            version: version.to_owned(),
+            attribution: VersionAttribution::Draft,
+            ..Default::default()
+        },
+        status: None,
+    };
+    let api: Api<PluginVersion> = Api::namespaced(state.client().clone(), &namespace);
+    let params = PostParams {
+        field_manager: Some(FIELD_MANAGER.to_owned()),
+        ..Default::default()
+    };
+    match with_timeout(api.create(&params, &draft)).await {
+        Ok(_) => Ok(()),
+        Err(err) if err.is_conflict() => {
+            tracing::info!(%namespace, version = %name, "the registration's draft version exists already; kept");
+            Ok(())
+        }
+        Err(err) => Err(ApiError::from_kube("create the draft PluginVersion", &err).into()),
+    }
 }
 
 /// A plugin by id, after checking the caller may `verb` it.

@@ -5,7 +5,7 @@
 use std::{collections::BTreeMap, sync::Arc};
 
 use axum::{Json, extract::State};
-use kube::{Resource, ResourceExt};
+use kube::{Api, Resource, ResourceExt};
 use semver::Version;
 use serde::Serialize;
 use serde_json::{Map, Value};
@@ -21,10 +21,11 @@ use crate::api::{
 };
 use crate::{
     resources::{
-        Composition, ConditionStatus, ExecutionType, Plugin, PluginAttribution, PluginVersion,
-        VersionAttribution, conditions,
+        Composition, ConditionStatus, ExecutionType, InputPresentation, Plugin, PluginAttribution,
+        PluginVersion, VersionAttribution, conditions, names::annotations,
+        plugin_version::DEFAULT_RUNTIME_ATTRIBUTION,
     },
-    runtime::cache,
+    runtime::{cache, call::with_timeout},
 };
 
 /// Seed 004's error body.
@@ -111,9 +112,12 @@ pub fn parse_version(text: &str) -> Result<Version, String> {
 pub struct PluginDetail {
     pub plugin_name: String,
     pub display_name: String,
-    /// The last writer of the version (its newest `managedFields` manager), or empty.
+    /// The user who last created the version or changed its spec (the annotation
+    /// `plugin-operator.dev/changed-by` the chart's admission policy stamps); without it, the
+    /// field manager of the last write; else empty.
     pub op_user: String,
-    /// When the version was last written (else created), in milliseconds since the epoch.
+    /// When the version's spec was last written (its newest `managedFields` entry that owns
+    /// spec fields; else its creation), in milliseconds since the epoch.
     pub op_time: String,
     pub version: String,
     /// The PluginVersion's uid without dashes.
@@ -129,7 +133,7 @@ pub struct PluginDetail {
     /// `{}` when the version has no execution.
     #[schema(value_type = PluginExecution)]
     pub plugin_execution: Value,
-    /// Always `agentLess`: plugins run in the cluster.
+    /// `spec.runtimeAttribution`, else `agentLess` (plugins run in the cluster).
     pub runtime_attribution: String,
 }
 
@@ -203,6 +207,7 @@ pub struct PluginExecution {
 /// The input items of a configSchema: one per property, ordered by `x-order` then name.
 pub fn input_info(
     schema: Option<&Value>,
+    presentation: &BTreeMap<String, InputPresentation>,
     version_uid: &str,
     plugin: &str,
     version: &str,
@@ -245,6 +250,8 @@ pub fn input_info(
                 .filter(|m| !m.is_empty())
                 .or_else(|| is_required.then(|| format!("{label} is required")))
                 .unwrap_or_default();
+            let shown = presentation.get(name.as_str()).cloned().unwrap_or_default();
+            let extend = shown.extend_prop.unwrap_or_default();
             let regex_message = Some(text("x-regex-message"))
                 .filter(|m| !m.is_empty())
                 .or_else(|| (!pattern.is_empty()).then(|| format!("{label} must match {pattern}")))
@@ -263,7 +270,7 @@ pub fn input_info(
                     .filter(|t| !t.is_empty())
                     .unwrap_or_else(|| "string".into()),
                 workspace_id: workspace.to_owned(),
-                front_data_prop: String::new(),
+                front_data_prop: shown.front_data_prop.unwrap_or_default(),
                 label,
                 description: text("description"),
                 required: is_required.to_string(),
@@ -272,7 +279,11 @@ pub fn input_info(
                         .get("enum")
                         .map(Value::to_string)
                         .unwrap_or_default(),
-                    ..Default::default()
+                    api_options: extend.api_options.unwrap_or_default(),
+                    api_type: extend.api_type.unwrap_or_default(),
+                    show_placeholder: extend.show_placeholder.unwrap_or_default(),
+                    disabled_conditions: extend.disabled_conditions.unwrap_or_default(),
+                    visible_conditions: extend.visible_conditions.unwrap_or_default(),
                 },
                 validation: InputValidation {
                     required_message,
@@ -281,7 +292,7 @@ pub fn input_info(
                     max_length: property.get("maxLength").and_then(Value::as_u64),
                     min_length: property.get("minLength").and_then(Value::as_u64),
                 },
-                layout_content: String::new(),
+                layout_content: shown.layout_content.unwrap_or_default(),
             }
         })
         .collect()
@@ -307,14 +318,29 @@ fn words(parts: &[String]) -> String {
         .join(" ")
 }
 
-/// The last write of an object: the newest `managedFields` entry that is not a status write.
+/// The last write of an object's spec: the newest `managedFields` entry that is not a status
+/// write and owns fields of the spec (the operator's metadata writes, e.g. a finalizer, own
+/// none); else the newest that is not a status write.
 fn last_write(meta: &kube::api::ObjectMeta) -> Option<(String, k8s_openapi::jiff::Timestamp)> {
-    meta.managed_fields
-        .iter()
-        .flatten()
-        .filter(|m| m.subresource.as_deref().unwrap_or_default().is_empty())
-        .filter_map(|m| Some((m.manager.clone()?, m.time.as_ref()?.0)))
-        .max_by_key(|(_, time)| *time)
+    let writes = || {
+        meta.managed_fields
+            .iter()
+            .flatten()
+            .filter(|m| m.subresource.as_deref().unwrap_or_default().is_empty())
+    };
+    let owns_spec = |m: &&k8s_openapi::apimachinery::pkg::apis::meta::v1::ManagedFieldsEntry| {
+        m.fields_v1
+            .as_ref()
+            .is_some_and(|f| f.0.get("f:spec").is_some())
+    };
+    let newest =
+        |entries: Vec<&k8s_openapi::apimachinery::pkg::apis::meta::v1::ManagedFieldsEntry>| {
+            entries
+                .into_iter()
+                .filter_map(|m| Some((m.manager.clone()?, m.time.as_ref()?.0)))
+                .max_by_key(|(_, time)| *time)
+        };
+    newest(writes().filter(owns_spec).collect()).or_else(|| newest(writes().collect()))
 }
 
 /// The detail of one version.
@@ -322,13 +348,21 @@ pub fn detail(plugin: &Plugin, version: &PluginVersion, workspace: &str) -> Plug
     let plugin_name = plugin.name_any();
     let spec = &version.spec;
     let uid = version.meta().uid.clone().unwrap_or_default();
-    let (op_user, op_time) = match last_write(version.meta()) {
-        Some((user, time)) => (user, Some(time)),
+    let (manager, op_time) = match last_write(version.meta()) {
+        Some((manager, time)) => (manager, Some(time)),
         None => (
             String::new(),
             version.meta().creation_timestamp.as_ref().map(|t| t.0),
         ),
     };
+    // The user the admission policy stamped; without it (a cluster that does not serve
+    // MutatingAdmissionPolicy), the field manager of the last write.
+    let op_user = version
+        .annotations()
+        .get(annotations::CHANGED_BY)
+        .filter(|u| !u.is_empty())
+        .cloned()
+        .unwrap_or(manager);
     let execution = spec.execution.as_ref().map(|e| {
         let mut start = e.command.clone();
         start.extend(e.args.iter().cloned());
@@ -339,10 +373,10 @@ pub fn detail(plugin: &Plugin, version: &PluginVersion, workspace: &str) -> Plug
             ExecutionType::Composite => "COMPOSITE",
         };
         PluginExecution {
-            logic_id: String::new(),
+            logic_id: spec.logic_id.clone().unwrap_or_default(),
             plugin_name: plugin_name.clone(),
             version: spec.version.clone(),
-            basic_instance_id: String::new(),
+            basic_instance_id: spec.basic_instance_id.clone().unwrap_or_default(),
             workspace_id: workspace.to_owned(),
             execution_type: execution_type.to_owned(),
             start_command: words(&start),
@@ -383,6 +417,7 @@ pub fn detail(plugin: &Plugin, version: &PluginVersion, workspace: &str) -> Plug
         .to_owned(),
         input_info: input_info(
             spec.config_schema.as_ref(),
+            &spec.inputs,
             &uid,
             &plugin_name,
             &spec.version,
@@ -392,7 +427,11 @@ pub fn detail(plugin: &Plugin, version: &PluginVersion, workspace: &str) -> Plug
         plugin_execution: execution
             .and_then(|e| serde_json::to_value(e).ok())
             .unwrap_or_else(|| Value::Object(Map::new())),
-        runtime_attribution: "agentLess".to_owned(),
+        runtime_attribution: spec
+            .runtime_attribution
+            .clone()
+            .filter(|r| !r.is_empty())
+            .unwrap_or_else(|| DEFAULT_RUNTIME_ATTRIBUTION.to_owned()),
     }
 }
 
@@ -511,6 +550,18 @@ pub async fn detail_route(
         Some(v) => ApiError::NotFound(format!("plugin {name:?} has no version {v}")),
         None => ApiError::NotFound(format!("plugin {name:?} has no formal version")),
     })?;
+    // The caches drop managedFields; `op_time` needs them: one metadata read of the version.
+    let mut version = (*version).clone();
+    let api: Api<PluginVersion> = Api::namespaced(
+        state.client().clone(),
+        &version.namespace().unwrap_or_default(),
+    );
+    match with_timeout(api.get_metadata(&version.name_any())).await {
+        Ok(current) => version.metadata.managed_fields = current.metadata.managed_fields,
+        Err(error) => {
+            tracing::warn!(version = %version.name_any(), %error, "cannot read the version's managedFields; op_time falls back to its creation");
+        }
+    }
     Ok(Json(detail(&plugin, &version, &domain)))
 }
 
@@ -550,7 +601,12 @@ mod tests {
                 "mode": {"enum": ["fast", "safe"], "default": "safe"}
             }
         });
-        let items = input_info(Some(&schema), "uid-1", "echo", "1.0.0", "team-a");
+        let shown: BTreeMap<String, InputPresentation> = serde_json::from_value(json!({
+            "mode": {"frontDataProp": "modeProp", "layoutContent": "row",
+                     "extendProp": {"apiType": "GET", "visibleConditions": "url != ''"}}
+        }))
+        .expect("presentation");
+        let items = input_info(Some(&schema), &shown, "uid-1", "echo", "1.0.0", "team-a");
         let names: Vec<_> = items.iter().map(|i| i.name.as_str()).collect();
         assert_eq!(names, ["url", "retries", "mode"]);
         let url = &items[0];
@@ -585,8 +641,22 @@ mod tests {
         assert_eq!(mode.default_value, "safe");
         assert_eq!(mode.input_type, "string");
         assert_eq!(mode.extend_prop.options, r#"["fast","safe"]"#);
-        assert!(input_info(None, "u", "p", "v", "w").is_empty());
-        assert!(input_info(Some(&json!({"type": "object"})), "u", "p", "v", "w").is_empty());
+        assert_eq!(
+            (mode.front_data_prop.as_str(), mode.layout_content.as_str()),
+            ("modeProp", "row")
+        );
+        assert_eq!(
+            (
+                mode.extend_prop.api_type.as_str(),
+                mode.extend_prop.visible_conditions.as_str(),
+                mode.extend_prop.api_options.as_str()
+            ),
+            ("GET", "url != ''", "")
+        );
+        assert_eq!(url.front_data_prop, "");
+        let none = BTreeMap::new();
+        assert!(input_info(None, &none, "u", "p", "v", "w").is_empty());
+        assert!(input_info(Some(&json!({"type": "object"})), &none, "u", "p", "v", "w").is_empty());
     }
 
     fn version(v: &str, extra: Value) -> PluginVersion {
@@ -635,6 +705,39 @@ mod tests {
         );
         let bare = detail(&plugin, &version("1.0.0", json!({})), "team-a");
         assert_eq!(bare.plugin_execution, json!({}));
+        // The seed's remaining fields, as the version gives them; op_user from the admission
+        // policy's annotation.
+        let mut given = version(
+            "1.1.0",
+            json!({"logicId": "logic-7", "basicInstanceId": "base-3", "runtimeAttribution": "agent",
+                   "execution": {"image": "reg/echo:1.1.0"}}),
+        );
+        given.annotations_mut().insert(
+            annotations::CHANGED_BY.into(),
+            "system:serviceaccount:team-a:ci".into(),
+        );
+        let d = detail(&plugin, &given, "team-a");
+        assert_eq!(d.runtime_attribution, "agent");
+        assert_eq!(d.op_user, "system:serviceaccount:team-a:ci");
+        assert_eq!(d.plugin_execution["logic_id"], "logic-7");
+        assert_eq!(d.plugin_execution["basic_instance_id"], "base-3");
+    }
+
+    #[test]
+    fn the_last_spec_write_is_not_a_metadata_write() {
+        let mut v = version("1.0.0", json!({}));
+        v.metadata.managed_fields = Some(
+            serde_json::from_value(json!([
+                {"manager": "kubectl", "operation": "Update", "time": "2024-01-01T00:00:00Z",
+                 "fieldsType": "FieldsV1", "fieldsV1": {"f:spec": {"f:description": {}}}},
+                {"manager": "plugin-operator", "operation": "Update", "time": "2024-02-01T00:00:00Z",
+                 "fieldsType": "FieldsV1", "fieldsV1": {"f:metadata": {"f:finalizers": {}}}}
+            ]))
+            .expect("managed fields"),
+        );
+        let (manager, time) = last_write(&v.metadata).expect("a writer");
+        assert_eq!(manager, "kubectl");
+        assert_eq!(time.to_string(), "2024-01-01T00:00:00Z");
     }
 
     #[test]

@@ -83,6 +83,31 @@ pub fn credentials_secret(install: &PluginInstall, plugin: &str, client_secret: 
     }
 }
 
+/// The ServiceAccount of an external install: the same object a supervised install applies (so
+/// a plugin that changes mode keeps it unchanged), for its tokens (seed 000 get-endpoint, seed
+/// 003 token route).
+pub fn service_account(
+    install: &PluginInstall,
+    plugin: &str,
+) -> Result<ServiceAccount, BuildError> {
+    let name = install.name_any();
+    let mut service_account = ServiceAccount {
+        metadata: ObjectMeta {
+            name: Some(name.clone()),
+            namespace: install.namespace(),
+            labels: Some(child_labels(plugin, &name)),
+            owner_references: install.controller_owner_ref(&()).map(|r| vec![r]),
+            ..Default::default()
+        },
+        ..Default::default()
+    };
+    let hash = hash_of(&service_account)?;
+    service_account
+        .annotations_mut()
+        .insert(annotations::APPLIED.into(), hash);
+    Ok(service_account)
+}
+
 /// Everything a supervised install's children are built from.
 #[derive(Clone, Debug)]
 pub struct Inputs<'a> {

@@ -65,6 +65,9 @@ pub async fn reconcile(install: Arc<PluginInstall>, ctx: Arc<Context>) -> Result
         ChildrenPlan::Keep => Ok(()),
         ChildrenPlan::Apply(children) => apply::children(&ctx, &children).await,
         ChildrenPlan::RemoveDeployment => apply::remove_deployment(&ctx, &install).await,
+        ChildrenPlan::External(service_account) => {
+            apply::external(&ctx, &install, &service_account).await
+        }
     };
     // Status is written even when a write of the children failed: a refusal no retry can fix
     // is reported there (and in an Event when it is new), a transient failure is only retried.

@@ -164,9 +164,28 @@ pub async fn observe(install: &Arc<PluginInstall>, ctx: &Context) -> Result<Worl
     }
     if let Ok(p) = &plugin
         && install.spec.active
-        && p.spec.connection.mode == ConnectionMode::Supervised
     {
-        foreign.extend(foreign_children(ctx, &namespace, &name, &uid).await?);
+        match p.spec.connection.mode {
+            ConnectionMode::Supervised => {
+                foreign.extend(foreign_children(ctx, &namespace, &name, &uid).await?);
+            }
+            // An external install applies only its ServiceAccount.
+            ConnectionMode::External => {
+                let owners = owners_of::<ServiceAccount>(
+                    ctx,
+                    &namespace,
+                    &name,
+                    cache::get(&ctx.caches.service_accounts, &namespace, &name)
+                        .map(|o| o.owner_references().to_vec()),
+                )
+                .await?;
+                if let Some(owners) = owners
+                    && !names::owned_by(Some(owners.as_slice()), &uid)
+                {
+                    foreign.push(ForeignObject::of("ServiceAccount", &name, &owners));
+                }
+            }
+        }
     }
     Ok(World {
         install: install.clone(),

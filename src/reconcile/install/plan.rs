@@ -44,6 +44,8 @@ pub const PENDING_RECHECK: Duration = Duration::from_secs(2);
 /// How often an external install's endpoint is checked.
 pub const EXTERNAL_RECHECK_CONNECTING: Duration = Duration::from_secs(3);
 pub const EXTERNAL_RECHECK_ACTIVE: Duration = Duration::from_secs(30);
+/// After a reported failure: the endpoint is checked again at once.
+pub const EXTERNAL_RECHECK_NOW: Duration = Duration::ZERO;
 
 /// What one reconcile does. Applying it destructures it without `..`, so a part that is planned
 /// but never applied does not compile.
@@ -124,6 +126,8 @@ pub enum ChildrenPlan {
     Apply(Box<Children>),
     /// Remove the Deployment (inactive, or external).
     RemoveDeployment,
+    /// An active external install: its ServiceAccount (for its tokens), and no Deployment.
+    External(Box<k8s_openapi::api::core::v1::ServiceAccount>),
 }
 
 /// The credentials Secret (seed 003). Its `client_secret` is never logged: do not print a plan.
@@ -143,6 +147,8 @@ pub enum CredentialsPlan {
 pub enum Wanted<'w> {
     Keep,
     RemoveDeployment,
+    /// An active external install's ServiceAccount, and no Deployment.
+    External(&'w Plugin),
     Run(Rollout<'w>),
 }
 
@@ -206,7 +212,7 @@ pub fn plan(world: &World) -> Result<Plan, BuildError> {
             install.meta().generation,
         );
         let children = match wanted {
-            Wanted::RemoveDeployment => ChildrenPlan::RemoveDeployment,
+            Wanted::RemoveDeployment | Wanted::External(_) => ChildrenPlan::RemoveDeployment,
             Wanted::Keep | Wanted::Run(_) => ChildrenPlan::Keep,
         };
         return Ok(Plan {
@@ -221,6 +227,10 @@ pub fn plan(world: &World) -> Result<Plan, BuildError> {
     let children = match wanted {
         Wanted::Keep => ChildrenPlan::Keep,
         Wanted::RemoveDeployment => ChildrenPlan::RemoveDeployment,
+        Wanted::External(plugin) => ChildrenPlan::External(Box::new(build::service_account(
+            &world.install,
+            &plugin.name_any(),
+        )?)),
         Wanted::Run(rollout) => ChildrenPlan::Apply(Box::new(rollout.build(build::children)?)),
     };
     Ok(Plan {
@@ -278,6 +288,7 @@ fn decide(world: &World) -> Result<Decision<'_>, BuildError> {
     let spec_changed = generation.is_some() && generation != old.observed_generation;
     let mut status = old.clone();
     status.observed_generation = generation;
+    status.plugin = Some(install.spec.plugin.to_string()).filter(|p| !p.is_empty());
     // A spec change ends Error, and so does the fix of what the spec referred to (a Plugin,
     // version or Secret that appears later): only runtime failures keep an install in Error.
     let input_error = old.phase == Some(Phase::Error)
@@ -365,43 +376,113 @@ fn decide(world: &World) -> Result<Decision<'_>, BuildError> {
     }
 
     if plugin.spec.connection.mode == ConnectionMode::External {
-        return Ok(decide_external(
-            outcome,
-            plugin,
-            world.external_health.as_ref(),
-        ));
+        return Ok(decide_external(outcome, world, plugin));
     }
     decide_supervised(outcome, world, plugin)
 }
 
+/// An external install: no Deployment, its ServiceAccount for tokens, its phase from the health
+/// checks of its endpoint. A failure reported (seed 000 notify-failure) while Active (or
+/// Connecting: the periodic check may have seen the endpoint fail first) is handled as for a
+/// supervised install, with a re-check of the endpoint in place of the restart: Restarting,
+/// checked again at once, then Active when it answers or Error when it does not. Without a
+/// report, an endpoint that stops answering is Connecting (nothing to restart).
 fn decide_external<'w>(
     mut outcome: Outcome<'_>,
-    plugin: &Plugin,
-    health: Option<&Result<(), String>>,
+    world: &World,
+    plugin: &'w Plugin,
 ) -> Decision<'w> {
+    let install = &*world.install;
     outcome.status.endpoint = plugin.spec.connection.endpoint.clone();
     outcome.status.target_version = None;
+    outcome.status.version = external_version(world, outcome.status.version.as_deref());
     outcome.config_valid(true, reason::CONFIG_VALID, "config is valid");
-    match health {
-        Some(Ok(())) => {
+    let wanted = Wanted::External(plugin);
+    // A report counts when it is newer than the install's last activation and not yet
+    // handled. Handled: recorded as the last failure by the same reporter at or after its time,
+    // in whole seconds (status keeps no more), since the re-check can turn the install Active
+    // again within the second the report came in.
+    let activated_at = outcome.status.activated_at.as_ref().map(|t| t.0);
+    let handled = |r: &phase::ReportedFailure| {
+        outcome.status.last_failure.as_ref().is_some_and(|f| {
+            f.reported_by == r.reported_by && f.time.0.as_second() >= r.at.as_second()
+        })
+    };
+    let report = views::reported_failure(install)
+        .filter(|r| activated_at.is_none_or(|at| r.at > at))
+        .filter(|r| !handled(r));
+    let health = world.external_health.as_ref();
+    match (outcome.previous, report, health) {
+        (Some(Phase::Active | Phase::Connecting), Some(report), _) => {
+            outcome.record_failure(&phase::Failure {
+                reason: FailureReason::FailureReported,
+                message: report.message.clone(),
+                reported_by: Some(report.reported_by.clone()),
+            });
+            outcome.phase(
+                Phase::Restarting,
+                &format!("{}; checking the external endpoint again", report.message),
+            );
+            outcome.finish(wanted, EXTERNAL_RECHECK_NOW)
+        }
+        (_, _, Some(Ok(()))) => {
             outcome.phase(
                 Phase::Active,
                 "the external endpoint answers its health check",
             );
-            outcome.finish(Wanted::RemoveDeployment, EXTERNAL_RECHECK_ACTIVE)
+            outcome.finish(wanted, EXTERNAL_RECHECK_ACTIVE)
         }
-        Some(Err(message)) => {
+        (Some(Phase::Restarting), _, Some(Err(message))) => {
+            let reported_by = outcome
+                .status
+                .last_failure
+                .as_ref()
+                .map(|f| f.reported_by.clone());
+            outcome.error(
+                FailureReason::EndpointUnreachable,
+                &format!(
+                    "after a reported failure, the external endpoint does not answer: {message}"
+                ),
+                reported_by.as_deref(),
+            );
+            outcome.finish(wanted, EXTERNAL_RECHECK_ACTIVE)
+        }
+        // Error lasts until the endpoint answers again (or the spec changes).
+        (Some(Phase::Error), _, _) => outcome.finish(wanted, EXTERNAL_RECHECK_ACTIVE),
+        (Some(Phase::Restarting), _, None) => outcome.finish(wanted, EXTERNAL_RECHECK_NOW),
+        (_, _, Some(Err(message))) => {
             outcome.phase(
                 Phase::Connecting,
                 &format!("waiting for the external endpoint: {message}"),
             );
-            outcome.finish(Wanted::RemoveDeployment, EXTERNAL_RECHECK_CONNECTING)
+            outcome.finish(wanted, EXTERNAL_RECHECK_CONNECTING)
         }
-        None => {
+        (_, _, None) => {
             outcome.phase(Phase::Connecting, "waiting for the external endpoint");
-            outcome.finish(Wanted::RemoveDeployment, EXTERNAL_RECHECK_CONNECTING)
+            outcome.finish(wanted, EXTERNAL_RECHECK_CONNECTING)
         }
     }
+}
+
+/// The version an external install answers to (seeds 000 and 002): the one its `spec.version`
+/// resolves to among the plugin's accepted versions, as for a supervised install (newest formal
+/// in range; Manual keeps the one it had while in range). `None` when the plugin has no version
+/// that matches (an external plugin need not register versions).
+fn external_version(world: &World, had: Option<&str>) -> Option<String> {
+    let install = &*world.install;
+    let selector = VersionSelector::parse(&install.spec.version).ok()?;
+    let approved = install.spec.approved();
+    let running = had.and_then(|v| Version::parse(v).ok());
+    let request = resolve::Request {
+        selector: &selector,
+        mode: install.spec.upgrade_mode,
+        approved: approved.as_ref(),
+        running: running.as_ref(),
+        failed: &[],
+    };
+    resolve::resolve(&request, &Versions::new(&world.versions).candidates())
+        .ok()
+        .map(|r| r.target.to_string())
 }
 
 fn decide_supervised<'w>(

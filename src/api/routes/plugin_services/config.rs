@@ -39,16 +39,28 @@ fn config_of(install: &PluginInstall) -> Value {
     }
 }
 
+/// The config the plugin runs with, as the ConfigMap holds it: `spec.config` with the
+/// configSchema's defaults filled in (Secret values of `configFrom` are not in it).
+fn effective_config(state: &ApiState, install: &PluginInstall) -> Value {
+    let mut config = config_of(install);
+    if let Some(schema) = config_schema(state, install) {
+        validate::apply_config_defaults(&schema, &mut config);
+    }
+    config
+}
+
 /// Get the install's config.
 ///
-/// A plugin token of the install, or a Kubernetes token allowed to `get plugininstalls` on it.
+/// The effective config: `spec.config` with the defaults of the running version's
+/// configSchema (else the one being rolled out) filled in, as in the install's ConfigMap. A
+/// plugin token of the install, or a Kubernetes token allowed to `get plugininstalls` on it.
 #[utoipa::path(
     get,
     path = "/api/v2/plugin-services/installs/{installId}/config",
     tag = "seed 003",
     params(("installId" = String, Path, description = "The PluginInstall's metadata.uid")),
     responses(
-        (status = 200, body = Object, description = "`{data: <config>}`"),
+        (status = 200, body = Object, description = "`{data: <config, schema defaults filled in>}`"),
         (status = 400, body = ErrorBody), (status = 401, body = ErrorBody),
         (status = 403, body = ErrorBody), (status = 404, body = ErrorBody),
     ),
@@ -64,7 +76,7 @@ pub async fn get_config(
         .await?;
     let install = fresh_install(&state, &install).await?;
     Ok(Json(Data {
-        data: config_of(&install),
+        data: effective_config(&state, &install),
     }))
 }
 
@@ -103,7 +115,7 @@ pub fn check_config(schema: &Value, config: &Value) -> std::result::Result<(), A
 ///
 /// The body's items are merged into `spec.config` (JSON merge patch: `null` removes a key).
 /// The result is checked against the running version's configSchema first: 400 naming the field,
-/// and nothing is written. Answers the complete config. A plugin token of the install, or a
+/// and nothing is written. Answers the complete config, defaults filled in (as GET). A plugin token of the install, or a
 /// Kubernetes token allowed to `patch plugininstalls` on it.
 #[utoipa::path(
     put,
@@ -112,7 +124,7 @@ pub fn check_config(schema: &Value, config: &Value) -> std::result::Result<(), A
     params(("installId" = String, Path, description = "The PluginInstall's metadata.uid")),
     request_body(content = Object, description = "Items to merge; `null` removes one"),
     responses(
-        (status = 200, body = Object, description = "`{data: <complete config>}`"),
+        (status = 200, body = Object, description = "`{data: <complete config, schema defaults filled in>}`"),
         (status = 400, body = ErrorBody), (status = 401, body = ErrorBody),
         (status = 403, body = ErrorBody), (status = 404, body = ErrorBody),
         (status = 409, body = ErrorBody),
@@ -152,7 +164,7 @@ pub async fn put_config(
         match with_timeout(api.patch(&current.name_any(), &params, &Patch::Merge(&patch))).await {
             Ok(patched) => {
                 return Ok(Json(Data {
-                    data: config_of(&patched),
+                    data: effective_config(&state, &patched),
                 }));
             }
             Err(err) if err.is_conflict() => {}

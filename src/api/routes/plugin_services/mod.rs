@@ -50,8 +50,12 @@ use crate::{
     runtime::call::{CallError, with_timeout},
 };
 
+pub use jobs::MAX_WAIT_SECONDS;
 pub use storage::{StorageScope, storage_config_map_name};
 pub use token::client_id;
+
+/// The path of the jobs routes (create, list and the long poll).
+pub const JOBS_PATH: &str = "/api/v2/plugin-services/jobs";
 
 /// The audience of plugin access tokens: a TokenReview for it tells the install.
 pub const AUDIENCE: &str = "plugin-operator.dev/plugin-services";
@@ -91,7 +95,7 @@ pub fn routes() -> OpenApiRouter<ApiState> {
         .route_layer(axum::middleware::from_fn(crate::api::token_limit::limit))
         .routes(routes!(config::get_config, config::put_config))
         .routes(routes!(storage::storage))
-        .routes(routes!(jobs::create_job))
+        .routes(routes!(jobs::create_job, jobs::list_jobs))
         .routes(routes!(jobs::settle_job))
 }
 
@@ -248,6 +252,16 @@ impl FromRequestParts<ApiState> for ServiceCaller {
 }
 
 impl ServiceCaller {
+    /// The caller's Kubernetes username (a plugin token's is its install's ServiceAccount).
+    fn username(&self) -> Option<String> {
+        match self {
+            Self::Plugin { namespace, install } => {
+                Some(format!("system:serviceaccount:{namespace}:{install}"))
+            }
+            Self::Kube(caller) => Some(caller.user.username.clone()),
+        }
+    }
+
     /// The install a plugin token belongs to, from the cache; 403 for other callers.
     fn own_install(&self, state: &ApiState, what: &str) -> Result<Arc<PluginInstall>> {
         match self {
@@ -357,6 +371,21 @@ mod tests {
         ] {
             assert!(paths.contains(&path), "{path} missing from {paths:?}");
         }
+        // The jobs collection: create (POST) and the plugin's list and long poll (GET), with
+        // its parameters.
+        let jobs = &doc.paths.paths[JOBS_PATH];
+        assert!(jobs.post.is_some());
+        let list = jobs.get.as_ref().expect("GET jobs documented");
+        let params: Vec<&str> = list
+            .parameters
+            .iter()
+            .flatten()
+            .filter_map(|p| match p {
+                utoipa::openapi::RefOr::T(p) => Some(p.name.as_str()),
+                utoipa::openapi::RefOr::Ref(_) => None,
+            })
+            .collect();
+        assert_eq!(params, ["status", "limit", "continue", "waitSeconds"]);
     }
 
     #[test]

@@ -473,10 +473,16 @@ async fn issue(
         .await
         .map_err(|e| OAuthError::from_api("TokenRequest for the install's ServiceAccount", &e))?;
     tracing::info!(%namespace, install = %name, grant = %grant, "plugin token issued");
+    // The lifetime the API server gave the token (`exp - iat` of its claims), which may be
+    // shorter than asked for (`--service-account-max-token-expiration`); else the time left
+    // until its expirationTimestamp.
+    let expires_in = crate::api::auth::jwt_lifetime(&issued.token)
+        .unwrap_or_else(|| issued.expires.duration_since(state.now()).as_secs())
+        .max(0);
     Ok(TokenResponse {
         token_type: "Bearer",
         access_token: issued.token,
-        expires_in: settings.access_token_seconds,
+        expires_in,
         refresh_token_expires_in: new_refresh.as_ref().map(|_| settings.refresh_token_seconds),
         refresh_token: new_refresh,
         scope,

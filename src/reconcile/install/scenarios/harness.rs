@@ -180,7 +180,7 @@ impl Cluster {
                 deployment.status = status;
                 self.deployment = Some(deployment);
             }
-            ChildrenPlan::RemoveDeployment => {
+            ChildrenPlan::RemoveDeployment | ChildrenPlan::External(_) => {
                 self.deployment = None;
                 self.pods.clear();
             }

@@ -6,6 +6,8 @@ use k8s_openapi::{
     apimachinery::pkg::apis::meta::v1::{ObjectMeta, Time},
     jiff::Timestamp,
 };
+use std::time::Duration;
+
 use kube::ResourceExt;
 use serde_json::json;
 
@@ -293,8 +295,9 @@ fn external_healthy_and_unhealthy() {
     cluster.external_health = Some(Err("https://plugins.example/echo did not answer".into()));
     let plan = cluster.reconcile();
     assert_eq!(cluster.phase(), Some(Phase::Connecting));
-    assert!(matches!(plan.children, ChildrenPlan::RemoveDeployment));
+    assert!(matches!(plan.children, ChildrenPlan::External(_)));
     assert_eq!(plan.requeue, EXTERNAL_RECHECK_CONNECTING);
+    assert_eq!(cluster.status().version, None, "no version registered");
     assert!(
         matches!(plan.credentials, CredentialsPlan::Create(_)),
         "external installs get credentials too"
@@ -319,6 +322,106 @@ fn external_healthy_and_unhealthy() {
         Some((Some(Phase::Active), Phase::Connecting))
     );
     assert_eq!(cluster.status().restarts, 0, "nothing to restart");
+}
+
+/// A report on the install, as notify-failure writes it, at the cluster's time.
+fn report(cluster: &mut Cluster, by: &str) {
+    let at = cluster.clock.clock.now();
+    cluster.install.annotations_mut().insert(
+        annotations::REPORTED_FAILURE.into(),
+        json!({"reportedBy": by, "at": at.to_string(), "message": format!("{by} reported a failure")})
+            .to_string(),
+    );
+}
+
+#[test]
+fn external_reported_failure_rechecks_then_active_or_error() {
+    let external = plugin(
+        NS,
+        "echo",
+        json!({"mode": "external", "endpoint": "https://plugins.example/echo"}),
+    );
+    let versions = vec![version("1.0.0"), version("1.2.0"), draft("2.0.0")];
+    let mut cluster = Cluster::with_plugin(external, json!({}), versions);
+    cluster.external_health = Some(Ok(()));
+    let plan = cluster.reconcile();
+    assert_eq!(cluster.phase(), Some(Phase::Active));
+    let ChildrenPlan::External(service_account) = &plan.children else {
+        panic!(
+            "an external install gets its ServiceAccount: {:?}",
+            plan.children
+        )
+    };
+    assert_eq!(service_account.name_any(), "echo");
+    assert!(
+        service_account
+            .annotations()
+            .contains_key(annotations::APPLIED)
+    );
+    assert_eq!(
+        cluster.status().version.as_deref(),
+        Some("1.2.0"),
+        "the newest formal version"
+    );
+
+    // A report while Active: Restarting, checked again at once; it answers: Active.
+    cluster.clock.advance(10);
+    report(&mut cluster, "sup-1");
+    let plan = cluster.reconcile();
+    assert_eq!(
+        transition(&plan),
+        Some((Some(Phase::Active), Phase::Restarting))
+    );
+    assert_eq!(plan.requeue, Duration::ZERO);
+    let failure = cluster.status().last_failure.clone().expect("lastFailure");
+    assert_eq!(failure.reason, "FailureReported");
+    assert_eq!(failure.reported_by, "sup-1");
+    let plan = cluster.reconcile();
+    assert_eq!(
+        transition(&plan),
+        Some((Some(Phase::Restarting), Phase::Active))
+    );
+    // Within the same second: the handled report does not count again; another one does.
+    let plan = cluster.reconcile();
+    assert_eq!(transition(&plan), None);
+    assert_eq!(cluster.phase(), Some(Phase::Active));
+
+    // Another report a second later, after the periodic check saw the endpoint fail
+    // (Connecting); the re-check fails too: Error.
+    cluster.clock.advance(1);
+    cluster.external_health = Some(Err("https://plugins.example/echo answered 503".into()));
+    cluster.reconcile();
+    assert_eq!(cluster.phase(), Some(Phase::Connecting));
+    report(&mut cluster, "sup-2");
+    cluster.reconcile();
+    assert_eq!(cluster.phase(), Some(Phase::Restarting));
+    let plan = cluster.reconcile();
+    assert_eq!(
+        transition(&plan),
+        Some((Some(Phase::Restarting), Phase::Error))
+    );
+    let failure = cluster.status().last_failure.clone().expect("lastFailure");
+    assert_eq!(failure.reason, "EndpointUnreachable");
+    assert_eq!(failure.reported_by, "sup-2");
+    assert_eq!(cluster.status().restarts, 0, "nothing to restart");
+    // Error while it does not answer; Active again once it does.
+    cluster.clock.advance(30);
+    cluster.reconcile();
+    assert_eq!(cluster.phase(), Some(Phase::Error));
+    cluster.external_health = Some(Ok(()));
+    cluster.reconcile();
+    assert_eq!(cluster.phase(), Some(Phase::Active));
+    // The old report, older than this activation, is not counted again when it fails.
+    cluster.clock.advance(30);
+    cluster.external_health = Some(Err("https://plugins.example/echo answered 503".into()));
+    cluster.reconcile();
+    cluster.reconcile();
+    assert_eq!(cluster.phase(), Some(Phase::Connecting));
+
+    // An exact draft is the version it answers to.
+    cluster.edit(|spec| spec["version"] = json!("2.0.0"));
+    cluster.reconcile();
+    assert_eq!(cluster.status().version.as_deref(), Some("2.0.0"));
 }
 
 #[test]
