@@ -460,6 +460,64 @@ async fn children_by_install(
     counts
 }
 
+/// The Plugin and PluginVersion statuses that do not yet describe the installs as they are:
+/// a version's `InUse` names the installs that run it, a plugin's `installs` counts those that
+/// name it. They follow the installs' statuses, so they are the last writes of a convergence.
+async fn catalog_behind(
+    client: &Client,
+    namespace: &str,
+    installs: &std::collections::HashMap<String, plugin_operator::resources::PluginInstall>,
+) -> Vec<String> {
+    use plugin_operator::{
+        reconcile::catalog::holders,
+        resources::{Plugin, PluginVersion, conditions},
+    };
+    let installs: Vec<_> = installs
+        .values()
+        .cloned()
+        .map(std::sync::Arc::new)
+        .collect();
+    let mut behind = Vec::new();
+    let versions = Api::<PluginVersion>::namespaced(client.clone(), namespace)
+        .list(&ListParams::default())
+        .await
+        .expect("list versions");
+    for version in versions.items {
+        let name = kube::ResourceExt::name_any(&version);
+        let held = holders(&version, &installs, "plugin-catalog");
+        let in_use = version
+            .status
+            .as_ref()
+            .and_then(|s| s.conditions.iter().find(|c| c.type_ == conditions::IN_USE));
+        let current = match in_use {
+            Some(c) if held.is_empty() => c.status == "False",
+            Some(c) => c.status == "True" && c.message.ends_with(&held.join(", ")),
+            None => false,
+        };
+        if !current {
+            behind.push(format!("version {name}: InUse does not name {held:?} yet"));
+        }
+    }
+    let plugins = Api::<Plugin>::namespaced(client.clone(), namespace)
+        .list(&ListParams::default())
+        .await
+        .expect("list plugins");
+    for plugin in plugins.items {
+        let name = kube::ResourceExt::name_any(&plugin);
+        let naming = installs
+            .iter()
+            .filter(|i| i.spec.plugin.name() == name)
+            .count();
+        let counted = plugin.status.as_ref().map(|s| s.installs);
+        if counted != Some(i32::try_from(naming).expect("few installs")) {
+            behind.push(format!(
+                "plugin {name}: installs {counted:?}, want {naming}"
+            ));
+        }
+    }
+    behind
+}
+
 /// Why the namespace has not converged to `wanted` yet (`None` when it has): every install
 /// that is not deleted is in its phase, at its version, its status up to date with its spec,
 /// with one of each child (no Deployment when inactive); a deleted install has no child left.
@@ -525,6 +583,7 @@ async fn not_converged(
     if !strays.is_empty() {
         waiting.push(format!("children of unknown installs {strays:?}"));
     }
+    waiting.extend(catalog_behind(client, namespace, &listed).await);
     (!waiting.is_empty()).then(|| {
         format!(
             "{} not converged, e.g. {}",
