@@ -16,7 +16,10 @@
 //!
 //! Needs the local cluster (`just cluster-up`), the CRDs applied and a release build of the
 //! operator (`just bench` does all three). Knobs: `N` (1000), `RATE` (20), `RATE_SECONDS` (30),
-//! `IDLE_SECONDS` (60), `RESYNC_SECONDS` (90), `CONCURRENCY` of the creating clients (64).
+//! `IDLE_SECONDS` (60), `RESYNC_SECONDS` (90), `CONCURRENCY` of the creating clients (64);
+//! `P1_ONLY=1` stops after P1 (for tuning the reaction); `OPERATOR_LOG` is the operator's
+//! `RUST_LOG` (`warn`), its log `target/bench/operator.log`; `RECONCILE_CONCURRENCY` its
+//! `--reconcile-concurrency` (its default).
 use std::{
     collections::BTreeMap,
     path::{Path, PathBuf},
@@ -99,7 +102,15 @@ impl Operator {
                 "--resync-seconds",
                 &resync_seconds.to_string(),
             ])
-            .env("RUST_LOG", "warn")
+            .args(
+                std::env::var("RECONCILE_CONCURRENCY")
+                    .map(|c| vec!["--reconcile-concurrency".to_owned(), c])
+                    .unwrap_or_default(),
+            )
+            .env(
+                "RUST_LOG",
+                std::env::var("OPERATOR_LOG").unwrap_or_else(|_| "warn".into()),
+            )
             .stdout(log.try_clone().expect("log"))
             .stderr(log)
             .stdin(Stdio::null())
@@ -162,12 +173,53 @@ impl Operator {
             .sum()
     }
 
+    /// The operator's own counts of its work so far.
+    async fn work(&self) -> Work {
+        let kind = "{kind=\"PluginInstall\"}";
+        Work {
+            reconciles: self
+                .metric(&format!("plugin_operator_reconciles_total{kind}"))
+                .await,
+            seconds: self
+                .metric(&format!(
+                    "plugin_operator_reconcile_duration_seconds_sum{kind}"
+                ))
+                .await,
+            failures: self
+                .metric("plugin_operator_reconcile_failures_total")
+                .await,
+            writes: self.metric("plugin_operator_writes_total").await,
+        }
+    }
+
     fn stop(mut self) {
         // SIGTERM: the operator shuts down as in a rollout.
         let _ = Command::new("kill")
             .args(["-TERM", &self.child.id().to_string()])
             .status();
         let _ = self.child.wait();
+    }
+}
+
+/// Counters of the operator's metrics endpoint.
+struct Work {
+    reconciles: f64,
+    seconds: f64,
+    failures: f64,
+    writes: f64,
+}
+
+impl Work {
+    fn since(&self, before: &Work, installs: usize) -> String {
+        let reconciles = self.reconciles - before.reconciles;
+        format!(
+            "{reconciles:.0} install reconciles ({:.1} per install, {:.0} ms each on average), {:.0} failed, {:.0} writes ({:.1} per install)",
+            reconciles / installs as f64,
+            (self.seconds - before.seconds) * 1000.0 / reconciles.max(1.0),
+            self.failures - before.failures,
+            self.writes - before.writes,
+            (self.writes - before.writes) / installs as f64,
+        )
     }
 }
 
@@ -219,6 +271,26 @@ fn operator_writes(from: Timestamp, to: Timestamp) -> BTreeMap<String, u64> {
 }
 
 // --- objects ------------------------------------------------------------------------------------
+
+/// The namespaces of the bench, each holding one of its measurements.
+const NAMESPACES: [&str; 3] = ["bench-reaction", "bench-plain", "bench-bulk"];
+
+/// Deletes the bench's namespaces and waits until they are gone, with an operator running (its
+/// PluginVersions keep an in-use finalizer the operator removes), so that a run starts from a
+/// cluster without an earlier run's objects and leaves none behind.
+async fn remove_namespaces(client: &Client) {
+    let api: Api<Namespace> = Api::all(client.clone());
+    for name in NAMESPACES {
+        let _ = api.delete(name, &DeleteParams::default()).await;
+    }
+    let deadline = Instant::now() + Duration::from_secs(900);
+    for name in NAMESPACES {
+        while api.get_opt(name).await.expect("namespace").is_some() {
+            assert!(Instant::now() < deadline, "namespace {name} did not go");
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
+    }
+}
 
 async fn namespace(client: &Client, name: &str) {
     let api: Api<Namespace> = Api::all(client.clone());
@@ -471,7 +543,7 @@ fn machine() -> String {
 // --- the phases -----------------------------------------------------------------------------------
 
 async fn reaction(client: &Client, rate: u64, seconds: u64) -> Reaction {
-    let ns = "bench-reaction";
+    let ns = NAMESPACES[0];
     namespace(client, ns).await;
     plugin(client, ns).await;
     let installs: Api<PluginInstall> = Api::namespaced(client.clone(), ns);
@@ -548,7 +620,7 @@ async fn reaction(client: &Client, rate: u64, seconds: u64) -> Reaction {
 /// The plain client: the five children of an install for `n` names, `concurrency` names at a
 /// time, each name's objects one after the other; done when every Deployment is available.
 async fn plain_client(client: &Client, n: usize, concurrency: usize) -> f64 {
-    let ns = "bench-plain";
+    let ns = NAMESPACES[1];
     namespace(client, ns).await;
     let deployments = watch_seen(Api::<Deployment>::namespaced(client.clone(), ns), available);
     tokio::time::sleep(Duration::from_millis(500)).await;
@@ -597,7 +669,7 @@ async fn bulk(
     n: usize,
     concurrency: usize,
 ) -> (f64, f64, f64) {
-    let ns = "bench-bulk";
+    let ns = NAMESPACES[2];
     namespace(client, ns).await;
     plugin(client, ns).await;
     let installs: Api<PluginInstall> = Api::namespaced(client.clone(), ns);
@@ -752,6 +824,12 @@ fn main() {
             machine()
         );
 
+        // An earlier run's objects go first, with an operator of their own, so that the one
+        // measured starts on an empty cluster (its memory at 0 installs included).
+        let cleaner = Operator::start(resync, &log);
+        cleaner.ready().await;
+        remove_namespaces(&client).await;
+        cleaner.stop();
         let operator = Operator::start(resync, &log);
         operator.ready().await;
         let mut memory = vec![Memory {
@@ -760,9 +838,26 @@ fn main() {
         }];
 
         println!("P1: installs at {rate}/s for {rate_seconds} s…");
+        let before = operator.work().await;
         let reaction = reaction(&client, rate, rate_seconds).await;
         let p1_count = (rate * rate_seconds) as usize;
         settle().await;
+        println!("P1: {}", operator.work().await.since(&before, p1_count));
+        if knob("P1_ONLY", 0) == 1 {
+            let r = &reaction;
+            println!(
+                "P1 create → Deployment p50 {:.2} s, p99 {:.2} s; kube-controller-manager p99 {:.2} s (×{:.1}); create → Active p50 {:.2} s, p99 {:.2} s",
+                r.create_to_deployment.p50,
+                r.create_to_deployment.p99,
+                r.kcm_deployment_to_replicaset.p99,
+                r.p99_ratio,
+                r.create_to_active.p50,
+                r.create_to_active.p99
+            );
+            remove_namespaces(&client).await;
+            operator.stop();
+            return;
+        }
         memory.push(Memory {
             installs: p1_count,
             resident_mib: mib(operator.rss_bytes()),
@@ -817,6 +912,8 @@ fn main() {
         tokio::time::sleep(Duration::from_secs(idle)).await;
         let restart_writes = operator_writes(from, Timestamp::now());
         let after_restart = mib(operator.rss_bytes());
+        println!("removing the bench's namespaces…");
+        remove_namespaces(&client).await;
         operator.stop();
 
         let base = memory[0].resident_mib;

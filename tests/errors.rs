@@ -176,9 +176,12 @@ async fn a_quota_that_forbids_services_shows_in_status_and_events_and_retries_sl
         json!({"metadata": {"annotations": {"example.com/quota": "raised"}}}),
     )
     .await;
-    let install = wait_until("Active once the quota is gone", 3 * DEADLINE, || async {
+    // The Deployment does not wait for the Service (see decisions, "Scale"): the install may be
+    // Active already, and Ready tells whether all of it is there.
+    let install = wait_until("Ready once the quota is gone", 3 * DEADLINE, || async {
         let install = get_install(&client, &ns.name, "echo").await;
-        if phase_of(&install) == Some(Phase::Active) {
+        let ready = condition(&install, READY).is_some_and(|c| c.status == "True");
+        if phase_of(&install) == Some(Phase::Active) && ready {
             Ok(install)
         } else {
             Err(format!("{:?}", install.status))

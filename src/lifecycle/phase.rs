@@ -36,7 +36,7 @@ pub struct DeploymentView {
 }
 
 /// One pod of the desired template.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, Hash)]
 pub struct PodView {
     pub name: String,
     pub ready: bool,

@@ -55,8 +55,20 @@ pub async fn credentials(ctx: &Context, plan: &CredentialsPlan) -> Result<(), Er
     Ok(())
 }
 
-/// Applies every child whose applied hash differs from the cached one.
-pub async fn children(ctx: &Context, children: &Children) -> Result<(), Error> {
+/// Applies every child whose applied hash differs from the cached one, and the credentials
+/// Secret as planned.
+///
+/// The Deployment goes last, once its ServiceAccount, ConfigMap and credentials Secret are
+/// there, so its pods are neither refused for lack of them nor started without credentials;
+/// those three go together (a new install waits one round trip, not three). The Service goes
+/// beside them all: nothing of the Deployment needs it, and the API server can take seconds to
+/// allocate its cluster IP under load (seen in `just bench`), which the Deployment must not wait
+/// for.
+pub async fn children(
+    ctx: &Context,
+    children: &Children,
+    credentials: &CredentialsPlan,
+) -> Result<(), Error> {
     let Children {
         service_account,
         config_map,
@@ -65,16 +77,31 @@ pub async fn children(ctx: &Context, children: &Children) -> Result<(), Error> {
         template_hash: _,
     } = children;
     let caches = &ctx.caches;
-    // The three that depend on nothing go together (a new install waits one round trip, not
-    // three); the Deployment last, once its ServiceAccount and ConfigMap are there, so its
-    // pods are not refused for lack of them.
+    let deployment_and_needs = async {
+        futures::try_join!(
+            apply_if_changed(ctx, service_account, &caches.service_accounts),
+            apply_if_changed(ctx, config_map, &caches.config_maps),
+            async {
+                credentials_or_warn(ctx, credentials).await;
+                Ok(())
+            },
+        )?;
+        apply_if_changed(ctx, deployment, &caches.deployments).await
+    };
     futures::try_join!(
-        apply_if_changed(ctx, service_account, &caches.service_accounts),
-        apply_if_changed(ctx, config_map, &caches.config_maps),
+        deployment_and_needs,
         apply_if_changed(ctx, service, &caches.services),
     )?;
-    apply_if_changed(ctx, deployment, &caches.deployments).await?;
     Ok(())
+}
+
+/// [`credentials`], a failure logged and not returned: without credentials (e.g. RBAC without
+/// `create secrets`) the plugin still runs (the volume is optional); the next reconcile tries
+/// again.
+pub async fn credentials_or_warn(ctx: &Context, plan: &CredentialsPlan) {
+    if let Err(error) = credentials(ctx, plan).await {
+        tracing::warn!(%error, "cannot create or rotate the credentials Secret");
+    }
 }
 
 async fn apply_if_changed<K, C>(ctx: &Context, desired: &K, cached: &Store<C>) -> Result<(), Error>

@@ -20,7 +20,7 @@ mod outcome;
 mod plan;
 #[cfg(test)]
 mod scenarios;
-mod views;
+pub mod views;
 
 use std::sync::Arc;
 
@@ -40,7 +40,9 @@ pub async fn reconcile(install: Arc<PluginInstall>, ctx: Arc<Context>) -> Result
         return Ok(Action::await_change());
     }
     let install = ctx.recent.installs.fresh(install);
+    let started = std::time::Instant::now();
     let world = observe(&install, &ctx).await?;
+    let observed = started.elapsed();
     let Plan {
         children,
         credentials,
@@ -49,24 +51,19 @@ pub async fn reconcile(install: Arc<PluginInstall>, ctx: Arc<Context>) -> Result
         name_conflict,
         requeue,
     } = plan(&world)?;
-    tracing::debug!(
-        install = %install.name_any(),
-        namespace = ?install.namespace(),
-        phase = ?status.phase,
-        pods = world.pods.len(),
-        "planned"
-    );
-    // Seed 003 credentials. Not fatal: without them (e.g. RBAC without `create secrets`) the
-    // plugin still runs (the volume is optional); the next reconcile tries again.
-    if let Err(error) = apply::credentials(&ctx, &credentials).await {
-        tracing::warn!(install = %install.name_any(), namespace = ?install.namespace(), %error, "cannot create or rotate the credentials Secret");
-    }
+    let planned = started.elapsed();
+    // Seed 003 credentials are written with the children, before the Deployment.
     let applied = match children {
-        ChildrenPlan::Keep => Ok(()),
-        ChildrenPlan::Apply(children) => apply::children(&ctx, &children).await,
-        ChildrenPlan::RemoveDeployment => apply::remove_deployment(&ctx, &install).await,
-        ChildrenPlan::External(service_account) => {
-            apply::external(&ctx, &install, &service_account).await
+        ChildrenPlan::Apply(children) => apply::children(&ctx, &children, &credentials).await,
+        other => {
+            apply::credentials_or_warn(&ctx, &credentials).await;
+            match other {
+                ChildrenPlan::Keep | ChildrenPlan::Apply(_) => Ok(()),
+                ChildrenPlan::RemoveDeployment => apply::remove_deployment(&ctx, &install).await,
+                ChildrenPlan::External(service_account) => {
+                    apply::external(&ctx, &install, &service_account).await
+                }
+            }
         }
     };
     // Status is written even when a write of the children failed: a refusal no retry can fix
@@ -92,7 +89,20 @@ pub async fn reconcile(install: Arc<PluginInstall>, ctx: Arc<Context>) -> Result
             });
         }
     }
+    let children_applied = started.elapsed();
     apply::status(&ctx, &ctx.recent.installs, &*install, &status).await?;
+    // Where a reconcile's time goes, for tuning (RUST_LOG=plugin_operator::reconcile=debug).
+    tracing::debug!(
+        install = %install.name_any(),
+        namespace = ?install.namespace(),
+        phase = ?status.phase,
+        pods = world.pods.len(),
+        observe_ms = observed.as_millis(),
+        plan_ms = (planned - observed).as_millis(),
+        apply_ms = (children_applied - planned).as_millis(),
+        status_ms = (started.elapsed() - children_applied).as_millis(),
+        "reconciled"
+    );
     if let Some(transition) = &transition {
         ctx.events
             .publish(&install, transition, ctx.clock.now())

@@ -143,32 +143,32 @@ pub async fn observe(install: &Arc<PluginInstall>, ctx: &Context) -> Result<Worl
     // The credentials Secret from the cache of the Secrets the operator labelled; one that is
     // not there is looked up by name (it may be someone else's, never cached), so steady state
     // makes no request.
-    let credentials = match &plugin {
-        Ok(_) => match cache::get(&ctx.caches.secrets, &namespace, &credentials_name) {
-            Some(cached) => Ok(Some(cached.metadata.clone())),
-            None => {
-                let api: Api<Secret> = Api::namespaced(ctx.client.clone(), &namespace);
-                with_timeout(api.get_metadata_opt(&credentials_name))
-                    .await
-                    .map(|found| found.map(|secret| secret.metadata))
-                    .map_err(|error| ReadError::from(&error))
-            }
-        },
-        Err(_) => Ok(None),
+    let credentials = async {
+        match &plugin {
+            Ok(_) => match cache::get(&ctx.caches.secrets, &namespace, &credentials_name) {
+                Some(cached) => Ok(Some(cached.metadata.clone())),
+                None => {
+                    let api: Api<Secret> = Api::namespaced(ctx.client.clone(), &namespace);
+                    with_timeout(api.get_metadata_opt(&credentials_name))
+                        .await
+                        .map(|found| found.map(|secret| secret.metadata))
+                        .map_err(|error| ReadError::from(&error))
+                }
+            },
+            Err(_) => Ok(None),
+        }
     };
-    if let Ok(Some(secret)) = &credentials
-        && !names::owned_by(secret.owner_references.as_deref(), &uid)
-    {
-        let owners = secret.owner_references.clone().unwrap_or_default();
-        foreign.push(ForeignObject::of("Secret", &credentials_name, &owners));
-    }
-    if let Ok(p) = &plugin
-        && install.spec.active
-    {
+    // Looked up together: for a new install neither the credentials Secret nor any child is
+    // cached yet, and one round trip after the other would be most of its first reconcile.
+    let children = async {
+        let Ok(p) = &plugin else {
+            return Ok(Vec::new());
+        };
+        if !install.spec.active {
+            return Ok(Vec::new());
+        }
         match p.spec.connection.mode {
-            ConnectionMode::Supervised => {
-                foreign.extend(foreign_children(ctx, &namespace, &name, &uid).await?);
-            }
+            ConnectionMode::Supervised => foreign_children(ctx, &namespace, &name, &uid).await,
             // An external install applies only its ServiceAccount.
             ConnectionMode::External => {
                 let owners = owners_of::<ServiceAccount>(
@@ -179,14 +179,22 @@ pub async fn observe(install: &Arc<PluginInstall>, ctx: &Context) -> Result<Worl
                         .map(|o| o.owner_references().to_vec()),
                 )
                 .await?;
-                if let Some(owners) = owners
-                    && !names::owned_by(Some(owners.as_slice()), &uid)
-                {
-                    foreign.push(ForeignObject::of("ServiceAccount", &name, &owners));
-                }
+                Ok(owners
+                    .filter(|owners| !names::owned_by(Some(owners.as_slice()), &uid))
+                    .map(|owners| ForeignObject::of("ServiceAccount", &name, &owners))
+                    .into_iter()
+                    .collect())
             }
         }
+    };
+    let (credentials, foreign_children) = futures::join!(credentials, children);
+    if let Ok(Some(secret)) = &credentials
+        && !names::owned_by(secret.owner_references.as_deref(), &uid)
+    {
+        let owners = secret.owner_references.clone().unwrap_or_default();
+        foreign.push(ForeignObject::of("Secret", &credentials_name, &owners));
     }
+    foreign.extend(foreign_children?);
     Ok(World {
         install: install.clone(),
         plugin,

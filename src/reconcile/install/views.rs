@@ -40,6 +40,58 @@ pub fn deployment_view(deployment: &Deployment, desired_template: &str) -> Deplo
     }
 }
 
+/// What the lifecycle reads of a Deployment ([`deployment_view`]) and what the writes and the
+/// ownership checks compare (the applied hash, the owners), hashed: a change of anything else
+/// (a condition's heartbeat, the unavailable count) is no reason to reconcile the install.
+pub fn deployment_fingerprint(deployment: &Deployment) -> u64 {
+    let spec = deployment.spec.as_ref();
+    let status = deployment.status.as_ref();
+    let template = spec
+        .and_then(|s| s.template.metadata.as_ref())
+        .and_then(|m| m.labels.as_ref())
+        .and_then(|l| l.get(labels::TEMPLATE));
+    let owners: Vec<&str> = deployment
+        .owner_references()
+        .iter()
+        .map(|o| o.uid.as_str())
+        .collect();
+    let deadline_exceeded = status
+        .and_then(|s| s.conditions.as_ref())
+        .is_some_and(|conditions| {
+            conditions.iter().any(|c| {
+                c.type_ == "Progressing" && c.reason.as_deref() == Some("ProgressDeadlineExceeded")
+            })
+        });
+    fingerprint((
+        template,
+        deployment.annotations().get(annotations::APPLIED),
+        owners,
+        deployment.meta().generation,
+        spec.and_then(|s| s.replicas),
+        status.and_then(|s| s.observed_generation),
+        status.and_then(|s| s.replicas),
+        status.and_then(|s| s.updated_replicas),
+        status.and_then(|s| s.available_replicas),
+        deadline_exceeded,
+    ))
+}
+
+/// What the lifecycle reads of a pod ([`pod_views`]), hashed.
+pub fn pod_fingerprint(pod: &Pod) -> u64 {
+    fingerprint((
+        pod.labels().get(labels::TEMPLATE),
+        pod.meta().deletion_timestamp.is_some(),
+        pod_view(pod),
+    ))
+}
+
+fn fingerprint(value: impl std::hash::Hash) -> u64 {
+    use std::hash::Hasher;
+    let mut hasher = std::collections::hash_map::DefaultHasher::new();
+    value.hash(&mut hasher);
+    hasher.finish()
+}
+
 /// The pods of the pod template wanted now, for the lifecycle (pods being deleted left out).
 pub fn pod_views(pods: &[Arc<Pod>], desired_template: &str) -> Vec<PodView> {
     pods.iter()
