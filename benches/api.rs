@@ -39,7 +39,11 @@ use plugin_operator::{
         server::{self, Limits},
     },
     resources::{Plugin, PluginInstall, PluginVersion},
-    runtime::{cache::Caches, clock::Clock, metrics::HttpMetrics},
+    runtime::{
+        cache::{Caches, Indexes},
+        clock::Clock,
+        metrics::HttpMetrics,
+    },
 };
 use serde_json::json;
 
@@ -145,7 +149,7 @@ fn caches() -> Caches {
             })));
         }
     }
-    Caches {
+    let caches = Caches {
         installs: filled(installs),
         plugins: filled(plugins),
         versions: filled(versions),
@@ -156,7 +160,10 @@ fn caches() -> Caches {
         config_maps: filled(Vec::<PartialObjectMeta<ConfigMap>>::new()),
         secrets: filled(Vec::<PartialObjectMeta<Secret>>::new()),
         freshness: Default::default(),
-    }
+        indexes: std::sync::Arc::new(Indexes::new("plugin-catalog")),
+    };
+    caches.reindex();
+    caches
 }
 
 /// Starts the server on its own runtime; returns its address and the backend's counters.

@@ -1,13 +1,16 @@
-//! Quiet when nothing changes: with 50 Active installs, the operator makes no mutating request
-//! over 30 s, counted from the API server's own /metrics. Alone in its test binary, so no other
-//! test writes meanwhile (cargo runs test binaries one after another).
+//! At a small scale, what the indexes must keep: 300 installs in two namespaces all reach Active,
+//! each Plugin counts its own installs and each version lists exactly the installs that run it
+//! (also after some are deleted), and then the operator makes no mutating request over 30 s,
+//! counted from the API server's own /metrics. Alone in its test binary, so no other test
+//! writes meanwhile (cargo runs test binaries one after another).
 mod support;
 
 use std::{collections::BTreeMap, time::Duration};
 
 use devtools::testkit::wait_until;
-use kube::Client;
-use plugin_operator::resources::Phase;
+use futures::{StreamExt, stream};
+use kube::{Api, Client, ResourceExt, api::DeleteParams};
+use plugin_operator::resources::{Phase, Plugin, PluginInstall, PluginVersion};
 use serde_json::json;
 use support::*;
 
@@ -69,47 +72,148 @@ fn total(counts: &BTreeMap<String, u64>) -> u64 {
     counts.values().sum()
 }
 
-#[tokio::test]
-async fn fifty_active_installs_cost_no_writes() {
-    let client = setup().await;
-    let ns = namespace(&client, "steady").await;
-    plugin(&client, &ns.name, "echo").await;
-    version(&client, &ns.name, "echo", "1.0.0", "ready").await;
-    const INSTALLS: usize = 50;
-    for i in 0..INSTALLS {
-        install(
-            &client,
-            &ns.name,
-            &format!("echo-{i}"),
-            json!({"plugin": "echo", "config": {"n": i}}),
-        )
+/// Installs per namespace: the same plugin name in both, so that an index mixing namespaces
+/// would show in the counts.
+const FIRST: usize = 200;
+const SECOND: usize = 100;
+/// Installs of the first namespace deleted once all are Active.
+const DELETED: usize = 10;
+
+async fn create_installs(client: &Client, namespace: &str, count: usize) {
+    stream::iter(0..count)
+        .for_each_concurrent(16, |i| async move {
+            install(
+                client,
+                namespace,
+                &format!("echo-{i:03}"),
+                json!({"plugin": "echo", "config": {"n": i}}),
+            )
+            .await;
+        })
         .await;
-    }
-    let api: kube::Api<plugin_operator::resources::PluginInstall> =
-        kube::Api::namespaced(client.clone(), &ns.name);
-    wait_until("50 installs Active", Duration::from_secs(240), || {
-        let api = api.clone();
-        async move {
-            let installs = api
-                .list(&Default::default())
-                .await
-                .map_err(|e| e.to_string())?
-                .items;
-            let active = installs
-                .iter()
-                .filter(|i| phase_of(i) == Some(Phase::Active))
-                .count();
-            if active == INSTALLS {
-                Ok(())
-            } else {
-                Err(format!("{active} of {INSTALLS} Active"))
+}
+
+/// Waits until the namespace's installs are `expected` in number and all Active.
+async fn all_active(client: &Client, namespace: &str, expected: usize) {
+    let api: Api<PluginInstall> = Api::namespaced(client.clone(), namespace);
+    wait_until(
+        &format!("{expected} installs Active in {namespace}"),
+        Duration::from_secs(300),
+        || {
+            let api = api.clone();
+            async move {
+                let installs = api
+                    .list(&Default::default())
+                    .await
+                    .map_err(|e| e.to_string())?
+                    .items;
+                let active = installs
+                    .iter()
+                    .filter(|i| phase_of(i) == Some(Phase::Active))
+                    .count();
+                if active == expected && installs.len() == expected {
+                    Ok(())
+                } else {
+                    Err(format!("{active} of {} Active", installs.len()))
+                }
             }
-        }
-    })
+        },
+    )
     .await;
+}
+
+/// Waits until the Plugin `echo` of `namespace` counts `expected` installs and its version
+/// 1.0.0 lists exactly `names` as its users.
+async fn counted(client: &Client, namespace: &str, names: &[String]) {
+    let plugins: Api<Plugin> = Api::namespaced(client.clone(), namespace);
+    let versions: Api<PluginVersion> = Api::namespaced(client.clone(), namespace);
+    let mut expected: Vec<String> = names.iter().map(|n| format!("{namespace}/{n}")).collect();
+    expected.sort();
+    let listed = format!("used by {}", expected.join(", "));
+    wait_until(
+        &format!("{namespace}: the Plugin counts {} installs", names.len()),
+        Duration::from_secs(120),
+        || {
+            let (plugins, versions, listed) = (plugins.clone(), versions.clone(), listed.clone());
+            async move {
+                let plugin = plugins.get("echo").await.map_err(|e| e.to_string())?;
+                let count = plugin.status.as_ref().map(|s| s.installs);
+                let version = versions
+                    .get("echo-1.0.0")
+                    .await
+                    .map_err(|e| e.to_string())?;
+                let in_use = condition_of_version(&version, "InUse");
+                if count == Some(names.len() as i32) && in_use.as_deref() == Some(listed.as_str()) {
+                    Ok(())
+                } else {
+                    Err(format!(
+                        "plugin counts {count:?}; version says {:?}",
+                        in_use.map(|m| m.chars().take(120).collect::<String>())
+                    ))
+                }
+            }
+        },
+    )
+    .await;
+}
+
+fn condition_of_version(version: &PluginVersion, type_: &str) -> Option<String> {
+    version
+        .status
+        .as_ref()?
+        .conditions
+        .iter()
+        .find(|c| c.type_ == type_)
+        .map(|c| c.message.clone())
+}
+
+fn names(count: usize, skip: usize) -> Vec<String> {
+    (skip..count).map(|i| format!("echo-{i:03}")).collect()
+}
+
+#[tokio::test]
+async fn three_hundred_installs_are_active_counted_and_cost_no_writes_at_rest() {
+    let client = setup().await;
+    let first = namespace(&client, "scale-a").await;
+    let second = namespace(&client, "scale-b").await;
+    for ns in [&first.name, &second.name] {
+        plugin(&client, ns, "echo").await;
+        version(&client, ns, "echo", "1.0.0", "ready").await;
+    }
+    tokio::join!(
+        create_installs(&client, &first.name, FIRST),
+        create_installs(&client, &second.name, SECOND)
+    );
+    tokio::join!(
+        all_active(&client, &first.name, FIRST),
+        all_active(&client, &second.name, SECOND)
+    );
+    let (all_first, all_second) = (names(FIRST, 0), names(SECOND, 0));
+    tokio::join!(
+        counted(&client, &first.name, &all_first),
+        counted(&client, &second.name, &all_second)
+    );
+
+    // Deletions leave the indexes too: the counts drop, in that namespace only.
+    let api: Api<PluginInstall> = Api::namespaced(client.clone(), &first.name);
+    for name in names(DELETED, 0) {
+        api.delete(&name, &DeleteParams::default())
+            .await
+            .expect("delete an install");
+    }
+    for name in names(DELETED, 0) {
+        wait_gone(&api, &name).await;
+    }
+    counted(&client, &first.name, &names(FIRST, DELETED)).await;
+    counted(&client, &second.name, &all_second).await;
+    let left = api.list(&Default::default()).await.expect("list").items;
+    assert_eq!(
+        left.iter().map(|i| i.name_any()).collect::<Vec<_>>(),
+        names(FIRST, DELETED)
+    );
 
     // Settled: the write count holds still for 5 s (events and the last status writes land).
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(90);
     let mut last = total(&mutating_requests(&client).await);
     loop {
         tokio::time::sleep(Duration::from_secs(5)).await;
@@ -125,12 +229,13 @@ async fn fifty_active_installs_cost_no_writes() {
         last = now;
     }
 
-    // The measurement itself: a fixed 30 s window of steady state.
+    // The measurement itself: a fixed 30 s window at rest.
     let before = mutating_requests(&client).await;
     // The counter sees the operator's writes: setting the installs up took at least four applies
     // and a status write each.
+    let installs = (FIRST + SECOND) as u64;
     assert!(
-        total(&before) >= 5 * INSTALLS as u64,
+        total(&before) >= 5 * installs,
         "the metric counts writes: {before:?}"
     );
     tokio::time::sleep(Duration::from_secs(30)).await;
@@ -141,16 +246,14 @@ async fn fifty_active_installs_cost_no_writes() {
         .map(|(k, v)| format!("{k}: +{}", v - before.get(k).copied().unwrap_or(0)))
         .collect();
     println!(
-        "mutating requests on the operator's resources over 30 s of steady state: {}",
+        "mutating requests on the operator's resources over 30 s at rest with {} installs: {}",
+        installs as usize - DELETED,
         total(&after) - total(&before)
     );
     assert!(
         changed.is_empty(),
-        "the operator wrote in steady state: {changed:?}"
+        "the operator wrote at rest: {changed:?}"
     );
-    let installs = api.list(&Default::default()).await.expect("list").items;
-    assert!(
-        installs.iter().all(|i| phase_of(i) == Some(Phase::Active)),
-        "all still Active"
-    );
+    all_active(&client, &first.name, FIRST - DELETED).await;
+    all_active(&client, &second.name, SECOND).await;
 }

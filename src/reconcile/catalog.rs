@@ -25,7 +25,9 @@ pub async fn reconcile_plugin(plugin: Arc<Plugin>, ctx: Arc<Context>) -> Result<
     }
     let plugin = ctx.recent.plugins.fresh(plugin);
     let versions = ctx.caches.versions_of_plugin(&plugin);
-    let installs = cache::select(&ctx.caches.installs, |_| true);
+    let installs = ctx
+        .caches
+        .installs_of(&plugin.namespace().unwrap_or_default(), &plugin.name_any());
     let status = plugin_status(
         &plugin,
         &versions,
@@ -93,7 +95,7 @@ pub async fn reconcile_version(
     }
     let version = ctx.recent.versions.fresh(version);
     let namespace = version.namespace().unwrap_or_default();
-    let installs = cache::select(&ctx.caches.installs, |_| true);
+    let installs = ctx.caches.installs_of(&namespace, &version.spec.plugin);
     let holders = holders(&version, &installs, &ctx.catalog_namespace);
     let deleting = version.meta().deletion_timestamp.is_some();
     let has_finalizer = version.finalizers().iter().any(|f| f == IN_USE_FINALIZER);

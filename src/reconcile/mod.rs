@@ -217,7 +217,7 @@ struct Relations {
 impl Relations {
     fn installs_of_plugin(&self, namespace: &str, plugin: &str) -> Vec<ObjectRef<PluginInstall>> {
         self.caches
-            .installs_of(namespace, plugin, &self.catalog)
+            .installs_of(namespace, plugin)
             .iter()
             .map(|i| ObjectRef::from_obj(&**i))
             .collect()

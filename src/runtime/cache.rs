@@ -19,10 +19,14 @@ use kube::{
 use serde::de::DeserializeOwned;
 
 use super::{
+    index::Index,
     namespaces,
     watch::{Freshness, Relist, Retry, Seen},
 };
-use crate::resources::{Plugin, PluginInstall, PluginVersion, names};
+use crate::{
+    lifecycle::access,
+    resources::{Plugin, PluginInstall, PluginVersion, names},
+};
 
 /// Events a subscriber may lag behind before the watch waits for it.
 /// Changes a controller may lag behind its feed before it loses some.
@@ -127,6 +131,68 @@ pub struct Caches {
     pub secrets: Store<PartialObjectMeta<Secret>>,
     /// Whether every one of these stores is current (listed, its watch not broken since).
     pub freshness: Freshness,
+    /// Lookups into the stores by what relates objects (see [`Indexes`]).
+    pub indexes: Arc<Indexes>,
+}
+
+/// The indexes of the stores, kept from the same watch events.
+pub struct Indexes {
+    /// By [`Indexes::namespace`], [`Indexes::uid`] and [`Indexes::plugin`].
+    pub installs: Index<PluginInstall>,
+    /// By [`Indexes::plugin`] (the Plugin a version belongs to).
+    pub versions: Index<PluginVersion>,
+    /// By [`Indexes::install`] (the install label).
+    pub pods: Index<Pod>,
+}
+
+impl Indexes {
+    /// Indexes whose installs use Plugins of their namespace or of `catalog`.
+    pub fn new(catalog: &str) -> Self {
+        let catalog = catalog.to_owned();
+        Self {
+            installs: Index::new(move |install: &PluginInstall| {
+                let mut keys = vec![Self::namespace(&install.namespace().unwrap_or_default())];
+                if let Some(uid) = install.uid() {
+                    keys.push(Self::uid(&uid));
+                }
+                if let Ok(namespace) = access::plugin_namespace(install, &catalog) {
+                    keys.push(Self::plugin(namespace, install.spec.plugin.name()));
+                }
+                keys
+            }),
+            versions: Index::new(|version: &PluginVersion| {
+                vec![Self::plugin(
+                    &version.namespace().unwrap_or_default(),
+                    &version.spec.plugin,
+                )]
+            }),
+            pods: Index::new(|pod: &Pod| {
+                pod.labels()
+                    .get(names::labels::INSTALL)
+                    .map(|install| Self::install(&pod.namespace().unwrap_or_default(), install))
+                    .into_iter()
+                    .collect()
+            }),
+        }
+    }
+
+    pub fn namespace(namespace: &str) -> String {
+        format!("namespace:{namespace}")
+    }
+
+    pub fn uid(uid: &str) -> String {
+        format!("uid:{uid}")
+    }
+
+    /// The Plugin `namespace/name`.
+    pub fn plugin(namespace: &str, name: &str) -> String {
+        format!("plugin:{namespace}/{name}")
+    }
+
+    /// The install `namespace/name`.
+    pub fn install(namespace: &str, name: &str) -> String {
+        format!("install:{namespace}/{name}")
+    }
 }
 
 /// Change feeds of the cached kinds, for the controllers' triggers.
@@ -254,11 +320,21 @@ impl Caches {
             config: config.clone(),
         };
 
-        let (installs, install_feed) = watches.shared(watched(scope, &all));
-        let (plugins, plugin_feed) = watches.shared(watched(&catalog_scope, &all));
-        let (versions, version_feed) = watches.shared(watched(&catalog_scope, &all));
-        let (deployments, deployment_feed) = watches.shared(watched(scope, &owned));
-        let (pods, pod_feed) = watches.shared(watched(scope, &owned));
+        let indexes = Arc::new(Indexes::new(catalog));
+        let (installs, install_feed) = watches.shared(
+            watched(scope, &all),
+            Some(indexes.clone()).map(|i| move |e: &_, s: &_| index(&i.installs, e, s)),
+        );
+        let (plugins, plugin_feed) = watches.shared(watched(&catalog_scope, &all), no_index());
+        let (versions, version_feed) = watches.shared(
+            watched(&catalog_scope, &all),
+            Some(indexes.clone()).map(|i| move |e: &_, s: &_| index(&i.versions, e, s)),
+        );
+        let (deployments, deployment_feed) = watches.shared(watched(scope, &owned), no_index());
+        let (pods, pod_feed) = watches.shared(
+            watched(scope, &owned),
+            Some(indexes.clone()).map(|i| move |e: &_, s: &_| index(&i.pods, e, s)),
+        );
         let services = watches.metadata_only::<Service>(watched(scope, &owned));
         let service_accounts = watches.metadata_only::<ServiceAccount>(watched(scope, &owned));
         let config_maps = watches.metadata_only::<ConfigMap>(watched(scope, &owned));
@@ -275,6 +351,7 @@ impl Caches {
             config_maps,
             secrets,
             freshness: watches.freshness,
+            indexes,
         };
         let feeds = Feeds {
             installs: install_feed,
@@ -284,6 +361,13 @@ impl Caches {
             pods: pod_feed,
         };
         (caches, feeds, watches.drivers)
+    }
+
+    /// Makes the indexes anew from the stores (for stores filled by hand, as in benches).
+    pub fn reindex(&self) {
+        self.indexes.installs.rebuild(&self.installs.state());
+        self.indexes.versions.rebuild(&self.versions.state());
+        self.indexes.pods.rebuild(&self.pods.state());
     }
 
     /// Resolves once every cache has had its first full list (the freshness the reconcilers
@@ -299,6 +383,32 @@ impl Caches {
             }
         }
     }
+}
+
+/// Keeps `index` up with a watch event its store has applied.
+fn index<K>(index: &Index<K>, event: &watcher::Event<K>, store: &Store<K>)
+where
+    K: Resource + Clone + 'static,
+    K::DynamicType: Eq + std::hash::Hash + Clone + Default,
+{
+    match event {
+        watcher::Event::Apply(object) => index.applied(object),
+        watcher::Event::Delete(object) => index.deleted(object),
+        // The store swaps in the new list at its end; so does the index.
+        watcher::Event::InitDone => index.rebuild(&store.state()),
+        watcher::Event::Init | watcher::Event::InitApply(_) => {}
+    }
+}
+
+/// A store without an index.
+type IndexHook<K> = fn(&watcher::Event<K>, &Store<K>);
+
+fn no_index<K>() -> Option<IndexHook<K>>
+where
+    K: Resource + Clone + 'static,
+    K::DynamicType: Eq + std::hash::Hash + Clone,
+{
+    None
 }
 
 fn drop_managed_fields<K: Resource>(object: &mut K) {
@@ -344,10 +454,13 @@ struct Watches {
 }
 
 impl Watches {
-    fn shared<K>(&mut self, watched: Watched) -> (Store<K>, Feed<K>)
+    /// A store and its change feed; `index` (if any) is kept up before the feed publishes, so
+    /// that a controller that hears of a change finds it in the index too.
+    fn shared<K, I>(&mut self, watched: Watched, index: Option<I>) -> (Store<K>, Feed<K>)
     where
         K: Watchable,
         K::DynamicType: Default + Eq + std::hash::Hash + Clone + Send + Sync,
+        I: Fn(&watcher::Event<K>, &Store<K>) + Send + 'static,
     {
         let (reader, writer) = reflector::store();
         let feed = Feed::default();
@@ -355,6 +468,9 @@ impl Watches {
         let store = reader.clone();
         let mut relist = Relist::default();
         self.add(watched, reader.clone(), writer, move |event| {
+            if let Some(index) = &index {
+                index(event, &store);
+            }
             publisher.publish(event, &store, &mut relist);
         });
         (reader, feed)

@@ -3,7 +3,9 @@ use std::sync::Arc;
 
 use kube::{Resource, ResourceExt};
 
-use super::cache::{self, Caches};
+use k8s_openapi::api::core::v1::Pod;
+
+use super::cache::{self, Caches, Indexes};
 use crate::{
     lifecycle::access::{self, Refusal},
     resources::{FailureReason, Plugin, PluginInstall, PluginVersion},
@@ -27,9 +29,9 @@ impl Caches {
 
     /// The versions of the Plugin `namespace/plugin`.
     pub fn versions_of(&self, namespace: &str, plugin: &str) -> Vec<Arc<PluginVersion>> {
-        cache::select(&self.versions, |v| {
-            cache::in_namespace(v, namespace) && v.spec.plugin == plugin
-        })
+        self.indexes
+            .versions
+            .get(&self.versions, &Indexes::plugin(namespace, plugin))
     }
 
     /// The versions of a Plugin.
@@ -37,22 +39,34 @@ impl Caches {
         self.versions_of(access::namespace_of(plugin), &plugin.name_any())
     }
 
-    /// Installs that name the Plugin `namespace/plugin` and may use it.
-    pub fn installs_of(
-        &self,
-        namespace: &str,
-        plugin: &str,
-        catalog: &str,
-    ) -> Vec<Arc<PluginInstall>> {
-        cache::select(&self.installs, |i| {
-            access::uses_plugin(i, namespace, plugin, catalog)
-        })
+    /// Installs that name the Plugin `namespace/plugin` and may use it (of its namespace, or
+    /// of the catalog the indexes were made for), sorted by namespace and name.
+    pub fn installs_of(&self, namespace: &str, plugin: &str) -> Vec<Arc<PluginInstall>> {
+        self.indexes
+            .installs
+            .get(&self.installs, &Indexes::plugin(namespace, plugin))
+    }
+
+    /// The installs of a namespace, sorted by name.
+    pub fn installs_in(&self, namespace: &str) -> Vec<Arc<PluginInstall>> {
+        self.indexes
+            .installs
+            .get(&self.installs, &Indexes::namespace(namespace))
     }
 
     /// An install by `metadata.uid`, in any namespace.
     pub fn install_by_uid(&self, uid: &str) -> Option<Arc<PluginInstall>> {
-        cache::select(&self.installs, |i| i.meta().uid.as_deref() == Some(uid))
+        self.indexes
+            .installs
+            .get(&self.installs, &Indexes::uid(uid))
             .into_iter()
-            .next()
+            .find(|i| i.meta().uid.as_deref() == Some(uid))
+    }
+
+    /// The pods of the install `namespace/install` (by its label).
+    pub fn pods_of(&self, namespace: &str, install: &str) -> Vec<Arc<Pod>> {
+        self.indexes
+            .pods
+            .get(&self.pods, &Indexes::install(namespace, install))
     }
 }

@@ -7,6 +7,7 @@ pub mod backoff;
 pub mod cache;
 pub mod call;
 pub mod clock;
+pub mod index;
 pub mod leader;
 mod lookup;
 pub mod metrics;

@@ -238,13 +238,12 @@ fn same_plugin(path: &str, body: &str) -> std::result::Result<(), ApiError> {
 /// catalog).
 fn installs_of(state: &ApiState, namespace: &str, plugin: &str) -> Vec<Arc<PluginInstall>> {
     let catalog = state.catalog_namespace();
-    let mut installs = cache::select(&state.caches().installs, |i| {
-        cache::in_namespace(i, namespace)
-            && i.spec.plugin.name() == plugin
+    let mut installs = state.caches().installs_in(namespace);
+    installs.retain(|i| {
+        i.spec.plugin.name() == plugin
             && access::plugin_namespace(i, catalog).is_ok()
             && i.meta().deletion_timestamp.is_none()
     });
-    installs.sort_by_key(|i| i.name_any());
     installs
 }
 

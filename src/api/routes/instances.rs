@@ -23,7 +23,6 @@ use crate::api::{
 use crate::{
     resources::names::FIELD_MANAGER,
     resources::{ConnectionMode, Phase, PluginInstall, validate},
-    runtime::cache,
     runtime::call::with_timeout,
 };
 
@@ -232,9 +231,7 @@ pub async fn list_plugins(
                 .auth()
                 .authorize(caller, &Access::new("list", "plugininstalls", namespace))
                 .await?;
-            cache::select(&state.caches().installs, |i| {
-                cache::in_namespace(i, namespace)
-            })
+            state.caches().installs_in(namespace)
         }
         None => visible_installs(&state, caller).await?,
     };

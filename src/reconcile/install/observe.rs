@@ -17,7 +17,7 @@ use crate::{
     lifecycle::access::Refusal,
     resources::{
         ConnectionMode, FailureReason, Plugin, PluginInstall, PluginVersion,
-        names::{self, consent, labels},
+        names::{self, consent},
         validate::FieldError,
     },
     runtime::{
@@ -121,9 +121,7 @@ pub async fn observe(install: &Arc<PluginInstall>, ctx: &Context) -> Result<Worl
         Err(_) => Vec::new(),
     };
     let deployment = cache::get(&ctx.caches.deployments, &namespace, &name);
-    let pods = cache::select(&ctx.caches.pods, |p| {
-        cache::in_namespace(p, &namespace) && p.labels().get(labels::INSTALL) == Some(&name)
-    });
+    let pods = ctx.caches.pods_of(&namespace, &name);
     let secret_config = match &plugin {
         Ok(p) if install.spec.active => read_config_secrets(ctx, install, p).await?,
         _ => Ok(Map::new()),

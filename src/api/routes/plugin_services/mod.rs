@@ -265,15 +265,14 @@ impl ServiceCaller {
     /// The install a plugin token belongs to, from the cache; 403 for other callers.
     fn own_install(&self, state: &ApiState, what: &str) -> Result<Arc<PluginInstall>> {
         match self {
-            Self::Plugin { namespace, install } => state
-                .caches()
-                .installs
-                .state()
-                .into_iter()
-                .find(|i| i.namespace().as_deref() == Some(namespace) && &i.name_any() == install)
-                .ok_or_else(|| {
-                    ApiError::Forbidden(format!("the install {namespace}/{install} is gone")).into()
-                }),
+            Self::Plugin { namespace, install } => {
+                crate::runtime::cache::get(&state.caches().installs, namespace, install).ok_or_else(
+                    || {
+                        ApiError::Forbidden(format!("the install {namespace}/{install} is gone"))
+                            .into()
+                    },
+                )
+            }
             Self::Kube(_) => Err(ApiError::Forbidden(format!(
                 "{what} takes a plugin token from POST /a/auth/v0/token"
             ))

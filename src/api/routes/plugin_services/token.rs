@@ -433,12 +433,7 @@ async fn issue(
 
     let unknown = || OAuthError::invalid_client("unknown client or wrong secret");
     let (namespace, name) = client_id.split_once('.').ok_or_else(unknown)?;
-    let install = state
-        .caches()
-        .installs
-        .state()
-        .into_iter()
-        .find(|i| i.namespace().as_deref() == Some(namespace) && i.name_any() == name)
+    let install = crate::runtime::cache::get(&state.caches().installs, namespace, name)
         .ok_or_else(unknown)?;
     let secret = credentials_of(state, &install).await?;
     if !constant_time_eq(client_secret_sent.as_bytes(), &client_secret(&secret)) {
