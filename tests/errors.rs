@@ -176,8 +176,7 @@ async fn a_quota_that_forbids_services_shows_in_status_and_events_and_retries_sl
         json!({"metadata": {"annotations": {"example.com/quota": "raised"}}}),
     )
     .await;
-    // The Deployment does not wait for the Service (see decisions, "Scale"): the install may be
-    // Active already, and Ready tells whether all of it is there.
+    // Active, and Ready again: the refusal is gone from the status.
     let install = wait_until("Ready once the quota is gone", 3 * DEADLINE, || async {
         let install = get_install(&client, &ns.name, "echo").await;
         let ready = condition(&install, READY).is_some_and(|c| c.status == "True");

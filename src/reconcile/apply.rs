@@ -58,12 +58,11 @@ pub async fn credentials(ctx: &Context, plan: &CredentialsPlan) -> Result<(), Er
 /// Applies every child whose applied hash differs from the cached one, and the credentials
 /// Secret as planned.
 ///
-/// The Deployment goes last, once its ServiceAccount, ConfigMap and credentials Secret are
-/// there, so its pods are neither refused for lack of them nor started without credentials;
-/// those three go together (a new install waits one round trip, not three). The Service goes
-/// beside them all: nothing of the Deployment needs it, and the API server can take seconds to
-/// allocate its cluster IP under load (seen in `just bench`), which the Deployment must not wait
-/// for.
+/// The Deployment goes last, once its ServiceAccount, ConfigMap, credentials Secret and Service
+/// are there; those four go together (a new install waits one round trip, not four). The
+/// Deployment waits for the Service although its pods do not need it: a Service the API server
+/// refuses (a quota) must keep a new install from running unreachable and turning Active, and
+/// keep its retries on their growing delays rather than woken by its own pods' events.
 pub async fn children(
     ctx: &Context,
     children: &Children,
@@ -77,22 +76,16 @@ pub async fn children(
         template_hash: _,
     } = children;
     let caches = &ctx.caches;
-    let deployment_and_needs = async {
-        futures::try_join!(
-            apply_if_changed(ctx, service_account, &caches.service_accounts),
-            apply_if_changed(ctx, config_map, &caches.config_maps),
-            async {
-                credentials_or_warn(ctx, credentials).await;
-                Ok(())
-            },
-        )?;
-        apply_if_changed(ctx, deployment, &caches.deployments).await
-    };
     futures::try_join!(
-        deployment_and_needs,
+        apply_if_changed(ctx, service_account, &caches.service_accounts),
+        apply_if_changed(ctx, config_map, &caches.config_maps),
         apply_if_changed(ctx, service, &caches.services),
+        async {
+            credentials_or_warn(ctx, credentials).await;
+            Ok(())
+        },
     )?;
-    Ok(())
+    apply_if_changed(ctx, deployment, &caches.deployments).await
 }
 
 /// [`credentials`], a failure logged and not returned: without credentials (e.g. RBAC without
