@@ -291,10 +291,7 @@ fn install_as_versions_see_it(install: &PluginInstall) -> Option<u64> {
 }
 
 fn fingerprint(value: impl std::hash::Hash) -> Option<u64> {
-    use std::hash::Hasher;
-    let mut hasher = std::collections::hash_map::DefaultHasher::new();
-    value.hash(&mut hasher);
-    Some(hasher.finish())
+    Some(install::views::fingerprint(value))
 }
 
 fn plugin_of_version(version: &PluginVersion) -> ObjectRef<Plugin> {

@@ -52,18 +52,16 @@ pub async fn reconcile(install: Arc<PluginInstall>, ctx: Arc<Context>) -> Result
         requeue,
     } = plan(&world)?;
     let planned = started.elapsed();
-    // Seed 003 credentials are written with the children, before the Deployment.
+    // Seed 003 credentials: with the children when there are some (before the Deployment).
+    if !matches!(children, ChildrenPlan::Apply(_)) {
+        apply::credentials_or_warn(&ctx, &credentials).await;
+    }
     let applied = match children {
+        ChildrenPlan::Keep => Ok(()),
         ChildrenPlan::Apply(children) => apply::children(&ctx, &children, &credentials).await,
-        other => {
-            apply::credentials_or_warn(&ctx, &credentials).await;
-            match other {
-                ChildrenPlan::Keep | ChildrenPlan::Apply(_) => Ok(()),
-                ChildrenPlan::RemoveDeployment => apply::remove_deployment(&ctx, &install).await,
-                ChildrenPlan::External(service_account) => {
-                    apply::external(&ctx, &install, &service_account).await
-                }
-            }
+        ChildrenPlan::RemoveDeployment => apply::remove_deployment(&ctx, &install).await,
+        ChildrenPlan::External(service_account) => {
+            apply::external(&ctx, &install, &service_account).await
         }
     };
     // Status is written even when a write of the children failed: a refusal no retry can fix

@@ -85,7 +85,8 @@ pub fn pod_fingerprint(pod: &Pod) -> u64 {
     ))
 }
 
-fn fingerprint(value: impl std::hash::Hash) -> u64 {
+/// A hash of what a reader reads of an object, for the watch feeds' predicates.
+pub fn fingerprint(value: impl std::hash::Hash) -> u64 {
     use std::hash::Hasher;
     let mut hasher = std::collections::hash_map::DefaultHasher::new();
     value.hash(&mut hasher);
