@@ -1,6 +1,8 @@
 //! Throughput and latency of `POST /plugin/v1/plugin/{id}/get-endpoint` with cached
-//! authentication, beside two trivial routes of the same server: `GET /noop` (added here: a
-//! constant answer, the cost of HTTP alone) and `GET /openapi.json` (a precomputed document).
+//! authentication, beside trivial routes of the same server: `GET /noop` (added here: a
+//! constant answer, the cost of HTTP alone; the yardstick), `GET /openapi.json` (a precomputed
+//! document) and `POST /echo` (added here: a body like get-endpoint's in, a constant answer of
+//! the size of get-endpoint's out; what the payloads alone cost, for the difference).
 //!
 //! Run with `cargo bench --bench api` (not part of `just test`). In-process: the real router and
 //! handlers on 127.0.0.1, fed by reflector stores filled here (no cluster), with a backend that
@@ -13,7 +15,9 @@
 //! default limits, access log and metrics); the access log goes nowhere here (no subscriber).
 //! The default concurrency limit (256) is above the 64 connections of the largest case.
 //!
-//! `BENCH_SECONDS` (default 3) sets how long each case runs.
+//! `BENCH_SECONDS` (default 3) sets how long each turn runs, `BENCH_ROUNDS` (default 3) how
+//! many turns get-endpoint and `/noop` take, alternately. The CPU per request is the whole
+//! process's (server and load generator together).
 use std::{
     sync::{
         Arc,
@@ -46,6 +50,14 @@ use plugin_operator::{
     },
 };
 use serde_json::json;
+
+/// Turns each of get-endpoint and `GET /noop` takes per connection count (`BENCH_ROUNDS`).
+static ROUNDS: std::sync::LazyLock<usize> = std::sync::LazyLock::new(|| {
+    std::env::var("BENCH_ROUNDS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(3)
+});
 
 /// Namespaces (tenants) and installs per namespace in the stores.
 const NAMESPACES: usize = 50;
@@ -189,7 +201,25 @@ fn serve() -> (std::net::SocketAddr, Arc<Fake>) {
                 Clock::system(),
             );
             state.set_ready(true);
-            let router = api::router(state).route("/noop", axum::routing::get(|| async { "ok" }));
+            // `POST /echo`: get-endpoint's payloads without its work.
+            let answer = json!({"endpoint": "http://echo.tenant-0.svc:8080",
+                                "access_token": "x".repeat(900), "updated_version": "1.0.0"})
+            .to_string();
+            let router = api::router(state)
+                .route("/noop", axum::routing::get(|| async { "ok" }))
+                .route(
+                    "/echo",
+                    axum::routing::post(move |body: axum::body::Bytes| {
+                        let answer = answer.clone();
+                        async move {
+                            let _ = body;
+                            (
+                                [(axum::http::header::CONTENT_TYPE, "application/json")],
+                                answer,
+                            )
+                        }
+                    }),
+                );
             // Behind the same layers as `plugin-operator run` (default limits), the metrics
             // counted as there (a registry nobody reads).
             let limits = Limits::default();
@@ -218,6 +248,7 @@ enum Route {
     GetEndpoint,
     OpenApi,
     Noop,
+    PostEcho,
 }
 
 impl Route {
@@ -226,6 +257,7 @@ impl Route {
             Self::GetEndpoint => "POST get-endpoint",
             Self::OpenApi => "GET /openapi.json",
             Self::Noop => "GET /noop",
+            Self::PostEcho => "POST /echo",
         }
     }
 }
@@ -235,9 +267,24 @@ struct Outcome {
     errors: usize,
     elapsed: Duration,
     latencies: Vec<Duration>,
+    /// CPU seconds the whole process (server and load generator) spent.
+    cpu: f64,
 }
 
 impl Outcome {
+    /// Another turn of the same case.
+    fn add(&mut self, other: Outcome) {
+        self.requests += other.requests;
+        self.errors += other.errors;
+        self.elapsed += other.elapsed;
+        self.latencies.extend(other.latencies);
+        self.cpu += other.cpu;
+    }
+
+    fn cpu_micros_per_request(&self) -> f64 {
+        self.cpu * 1e6 / self.requests.max(1) as f64
+    }
+
     fn per_second(&self) -> f64 {
         self.requests as f64 / self.elapsed.as_secs_f64()
     }
@@ -266,20 +313,33 @@ async fn run(
                 .http1_only()
                 .build()
                 .expect("client");
+            // What each request sends is built once: the load generator shares the cores with
+            // the server, and its own cost (parsing a URL, serializing a body) is not the
+            // route's.
+            let path = match route {
+                Route::GetEndpoint => "/plugin/v1/plugin/echo/get-endpoint",
+                Route::OpenApi => "/openapi.json",
+                Route::Noop => "/noop",
+                Route::PostEcho => "/echo",
+            };
+            let url = reqwest::Url::parse(&format!("http://{addr}{path}")).expect("url");
             let namespace = format!("tenant-{}", c % NAMESPACES);
-            let body = json!({"plugin_id": "echo", "domain_id": namespace,
-                              "labels": {"shard": (c % INSTALLS_PER_NAMESPACE).to_string()}});
+            let body = bytes::Bytes::from(
+                json!({"plugin_id": "echo", "domain_id": namespace,
+                       "labels": {"shard": (c % INSTALLS_PER_NAMESPACE).to_string()}})
+                .to_string(),
+            );
             let mut latencies = Vec::new();
             let mut errors = 0;
             while Instant::now() < until {
                 let started = Instant::now();
                 let request = match route {
-                    Route::GetEndpoint => http
-                        .post(format!("http://{addr}/plugin/v1/plugin/echo/get-endpoint"))
-                        .bearer_auth("bench-token")
-                        .json(&body),
-                    Route::OpenApi => http.get(format!("http://{addr}/openapi.json")),
-                    Route::Noop => http.get(format!("http://{addr}/noop")),
+                    Route::GetEndpoint | Route::PostEcho => http
+                        .post(url.clone())
+                        .header(reqwest::header::AUTHORIZATION, "Bearer bench-token")
+                        .header(reqwest::header::CONTENT_TYPE, "application/json")
+                        .body(body.clone()),
+                    Route::OpenApi | Route::Noop => http.get(url.clone()),
                 };
                 match request.send().await {
                     Ok(response) if response.status().is_success() => {
@@ -307,7 +367,28 @@ async fn run(
         errors,
         elapsed,
         latencies,
+        cpu: 0.0,
     }
+}
+
+/// CPU seconds (user and system) this process has spent, from `/proc/self/stat` (in clock
+/// ticks of 1/100 s, as Linux reports them to processes).
+fn cpu_seconds() -> f64 {
+    let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
+    // The fields after the command name (which is in parentheses and may hold spaces).
+    let fields: Vec<&str> = stat
+        .rsplit_once(')')
+        .map_or("", |(_, rest)| rest)
+        .split_whitespace()
+        .collect();
+    let ticks = |i: usize| {
+        fields
+            .get(i)
+            .and_then(|f| f.parse::<f64>().ok())
+            .unwrap_or(0.0)
+    };
+    // utime and stime are the 14th and 15th fields; the 3rd (state) is the first here.
+    (ticks(11) + ticks(12)) / 100.0
 }
 
 fn micros(d: Duration) -> String {
@@ -326,27 +407,47 @@ fn main() {
         .build()
         .expect("runtime");
     println!(
-        "get-endpoint vs trivial routes, in-process, {NAMESPACES} namespaces × {INSTALLS_PER_NAMESPACE} installs in the stores, {seconds} s per case, {} cores",
+        "get-endpoint vs trivial routes, in-process, {NAMESPACES} namespaces × {INSTALLS_PER_NAMESPACE} installs in the stores, {} turns of {seconds} s per case, {} cores",
+        *ROUNDS,
         std::thread::available_parallelism().map_or(0, |n| n.get())
     );
     println!(
-        "{:<20} {:>5} {:>10} {:>10} {:>10} {:>8}",
-        "route", "conns", "req/s", "p50", "p99", "errors"
+        "{:<20} {:>5} {:>10} {:>10} {:>10} {:>12} {:>8}",
+        "route", "conns", "req/s", "p50", "p99", "CPU µs/req", "errors"
     );
     let mut table = Vec::new();
     for connections in [1, 16, 64] {
-        for route in [Route::GetEndpoint, Route::Noop, Route::OpenApi] {
+        // get-endpoint and its yardstick take turns, `ROUNDS` times each, so that the noise of
+        // a shared machine falls on both alike; `/openapi.json` once, for reference.
+        let mut turns = Vec::new();
+        for _ in 0..*ROUNDS {
+            turns.extend([Route::GetEndpoint, Route::Noop]);
+        }
+        turns.push(Route::OpenApi);
+        turns.push(Route::PostEcho);
+        let mut outcomes: Vec<(Route, Outcome)> = Vec::new();
+        for route in turns {
             // Warm up: connections open, caches filled.
             runtime.block_on(run(addr, route, connections, Duration::from_millis(300)));
-            let outcome =
+            let cpu = cpu_seconds();
+            let mut outcome =
                 runtime.block_on(run(addr, route, connections, Duration::from_secs(seconds)));
+            outcome.cpu = cpu_seconds() - cpu;
+            match outcomes.iter_mut().find(|(r, _)| r.name() == route.name()) {
+                Some((_, total)) => total.add(outcome),
+                None => outcomes.push((route, outcome)),
+            }
+        }
+        for (route, mut outcome) in outcomes {
+            outcome.latencies.sort();
             println!(
-                "{:<20} {:>5} {:>10.0} {:>10} {:>10} {:>8}",
+                "{:<20} {:>5} {:>10.0} {:>10} {:>10} {:>12.1} {:>8}",
                 route.name(),
                 connections,
                 outcome.per_second(),
                 micros(outcome.percentile(0.5)),
                 micros(outcome.percentile(0.99)),
+                outcome.cpu_micros_per_request(),
                 outcome.errors
             );
             table.push((route.name(), connections, outcome));
@@ -380,6 +481,8 @@ fn main() {
                 "noop_rps": noop.per_second(),
                 "noop_p50_ms": ms(noop, 0.5),
                 "noop_p99_ms": ms(noop, 0.99),
+                "get_endpoint_cpu_us": endpoint.cpu_micros_per_request(),
+                "noop_cpu_us": noop.cpu_micros_per_request(),
                 "throughput_ratio": throughput,
                 "p50_ratio": p50,
                 "p99_ratio": p99,
@@ -392,7 +495,7 @@ fn main() {
         let _ = std::fs::write(
             dir.join("api.json"),
             serde_json::to_string_pretty(
-                &serde_json::json!({"seconds_per_case": seconds, "ratios": ratios}),
+                &serde_json::json!({"seconds_per_case": seconds, "rounds": *ROUNDS, "ratios": ratios}),
             )
             .unwrap_or_default(),
         );

@@ -205,6 +205,11 @@ pub async fn serve(
             },
             () = &mut shutdown => break,
         };
+        // An answer is written at once, whole: Nagle's algorithm would only hold a small one
+        // back until the previous one is acknowledged.
+        if let Err(error) = stream.set_nodelay(true) {
+            tracing::debug!(%peer, %error, "cannot set TCP_NODELAY");
+        }
         let service = TowerToHyperService::new(with_peer(app.clone(), peer));
         let connection = graceful.watch(http.serve_connection(TokioIo::new(stream), service));
         tokio::spawn(async move {

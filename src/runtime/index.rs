@@ -3,33 +3,60 @@
 //! Plugin they use; versions by Plugin; pods by install. kube's reflector store has no indexes
 //! (client-go's Indexer does); this is the few lines of it the operator needs.
 use std::{
-    collections::{HashMap, HashSet},
+    collections::{BTreeMap, HashMap},
     sync::{Arc, RwLock},
 };
 
-use kube::{ResourceExt, runtime::reflector::Store};
+use kube::{
+    ResourceExt,
+    runtime::reflector::{ObjectRef, Store},
+};
 
-use super::cache;
-
-/// Namespace and name.
+/// Namespace and name: the order lookups answer in.
 type Key = (String, String);
 
 /// The keys an object is found by.
 pub type KeysOf<K> = Box<dyn Fn(&K) -> Vec<String> + Send + Sync>;
 
 /// Objects of one cached kind by the keys `keys_of` gives them.
-pub struct Index<K> {
+pub struct Index<K>
+where
+    K: kube::Resource,
+    K::DynamicType: Eq + std::hash::Hash,
+{
     keys_of: KeysOf<K>,
-    maps: RwLock<Maps>,
+    maps: RwLock<Maps<K>>,
 }
 
-#[derive(Default)]
-struct Maps {
-    by_key: HashMap<String, HashSet<Key>>,
+/// Each key's objects in order, with the reference the store is asked by built once (a lookup
+/// then copies no names: get-endpoint makes one per request).
+struct Maps<K>
+where
+    K: kube::Resource,
+    K::DynamicType: Eq + std::hash::Hash,
+{
+    by_key: HashMap<String, BTreeMap<Key, ObjectRef<K>>>,
     keys_of: HashMap<Key, Vec<String>>,
 }
 
-impl Maps {
+impl<K> Default for Maps<K>
+where
+    K: kube::Resource,
+    K::DynamicType: Eq + std::hash::Hash,
+{
+    fn default() -> Self {
+        Self {
+            by_key: HashMap::new(),
+            keys_of: HashMap::new(),
+        }
+    }
+}
+
+impl<K> Maps<K>
+where
+    K: kube::Resource,
+    K::DynamicType: Eq + std::hash::Hash + Clone + Default,
+{
     fn remove(&mut self, object: &Key) {
         for key in self.keys_of.remove(object).unwrap_or_default() {
             if let Some(set) = self.by_key.get_mut(&key) {
@@ -42,11 +69,12 @@ impl Maps {
     }
 
     fn insert(&mut self, object: Key, keys: Vec<String>) {
+        let reference = ObjectRef::new(&object.1).within(&object.0);
         for key in &keys {
             self.by_key
                 .entry(key.clone())
                 .or_default()
-                .insert(object.clone());
+                .insert(object.clone(), reference.clone());
         }
         self.keys_of.insert(object, keys);
     }
@@ -104,19 +132,16 @@ where
 
     /// The objects of `store` found by `key`, sorted by namespace and name.
     pub fn get(&self, store: &Store<K>, key: &str) -> Vec<Arc<K>> {
-        let mut found: Vec<Key> = match self.maps.read() {
+        // The store's lock is taken inside the index's: no writer holds both (the store is
+        // written before its index is told), so the order cannot deadlock.
+        match self.maps.read() {
             Ok(maps) => maps
                 .by_key
                 .get(key)
-                .map(|set| set.iter().cloned().collect())
+                .map(|objects| objects.values().filter_map(|r| store.get(r)).collect())
                 .unwrap_or_default(),
             Err(_) => Vec::new(),
-        };
-        found.sort();
-        found
-            .iter()
-            .filter_map(|(namespace, name)| cache::get(store, namespace, name))
-            .collect()
+        }
     }
 }
 

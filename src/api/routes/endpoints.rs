@@ -6,7 +6,12 @@
 //! `ERROR_NOT_FOUND`, `ERROR_PLUGIN_NOT_READY`, …); the seed defines no error body of its own.
 use std::{collections::BTreeMap, sync::Arc, time::Duration};
 
-use axum::{Json, extract::State};
+use axum::{
+    Json,
+    extract::State,
+    http::header,
+    response::{IntoResponse, Response},
+};
 use k8s_openapi::jiff::{SignedDuration, Timestamp};
 use kube::{
     Api, Resource, ResourceExt,
@@ -282,7 +287,7 @@ pub async fn get_endpoint(
     auth: Authenticated<Errors>,
     path: SeedPath<String, Errors>,
     body: JsonBody<PluginEndpointRequest, Errors>,
-) -> Result<Json<PluginEndpoint>> {
+) -> Result<Response> {
     let request = body.value;
     same_plugin(&path.value, &request.plugin_id)?;
     let namespace = &request.domain_id;
@@ -352,18 +357,13 @@ pub async fn get_endpoint(
         }
         .into());
     };
-    let status = install.status.clone().unwrap_or_default();
     // Supervised or external alike: a token of the install's ServiceAccount for the plugin's
     // audience, which the plugin verifies with a TokenReview (docs/api.md).
-    let access_token = state
+    state
         .tokens()
-        .issue(&state, install, &request.plugin_id)
-        .await?;
-    Ok(Json(PluginEndpoint {
-        endpoint: status.endpoint.unwrap_or_default(),
-        access_token,
-        updated_version: status.available_version.unwrap_or_default(),
-    }))
+        .answer(&state, install, &request.plugin_id)
+        .await
+        .map_err(Into::into)
 }
 
 fn describe_filter(request: &PluginEndpointRequest) -> String {
@@ -465,8 +465,13 @@ pub async fn notify_failure(
 /// Access tokens already issued, reused while more than half of their life is left, so that a
 /// get-endpoint answered from the caches makes no API call either. Keyed by the ServiceAccount's
 /// uid too: a token of a deleted ServiceAccount is never handed out again.
+///
+/// Beside them, the answers made with them, serialized, for as long as their token is reused
+/// and the install is unchanged (its resourceVersion): the answer a caller asks for again and
+/// again costs a lookup, not a token key's strings and a JSON document each time.
 pub struct IssuedTokens {
     cache: Cache<TokenFor, IssuedToken>,
+    answers: Cache<u64, Arc<Answer>>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
@@ -477,10 +482,64 @@ struct TokenFor {
     audience: String,
 }
 
+/// An answer of get-endpoint and what it was made for (compared on every hit: the cache is
+/// keyed by a hash of these, and a collision must not hand out another install's token).
+struct Answer {
+    install_uid: Option<String>,
+    resource_version: Option<String>,
+    service_account_uid: Option<String>,
+    plugin: String,
+    /// Until when the token in it is handed out (half its life, as [`fresh`]).
+    until: Timestamp,
+    body: axum::body::Bytes,
+}
+
+impl Answer {
+    fn is_for(
+        &self,
+        install: &PluginInstall,
+        service_account_uid: Option<&str>,
+        plugin: &str,
+    ) -> bool {
+        let meta = install.meta();
+        self.install_uid == meta.uid
+            && self.resource_version == meta.resource_version
+            && self.service_account_uid.as_deref() == service_account_uid
+            && self.plugin == plugin
+    }
+
+    fn response(&self) -> Response {
+        (
+            [(header::CONTENT_TYPE, "application/json")],
+            self.body.clone(),
+        )
+            .into_response()
+    }
+}
+
+fn answer_key(install: &PluginInstall, service_account_uid: Option<&str>, plugin: &str) -> u64 {
+    use std::hash::{BuildHasher, Hash, Hasher};
+    let mut hasher = ANSWER_HASHER.build_hasher();
+    let meta = install.meta();
+    meta.uid.hash(&mut hasher);
+    meta.resource_version.hash(&mut hasher);
+    service_account_uid.hash(&mut hasher);
+    plugin.hash(&mut hasher);
+    hasher.finish()
+}
+
+/// One hasher for the process (random keys: the answers' keys are not predictable).
+static ANSWER_HASHER: std::sync::LazyLock<std::collections::hash_map::RandomState> =
+    std::sync::LazyLock::new(std::collections::hash_map::RandomState::new);
+
 impl Default for IssuedTokens {
     fn default() -> Self {
         Self {
             cache: Cache::builder()
+                .max_capacity(crate::api::auth::CAPACITY)
+                .time_to_live(Duration::from_secs(ACCESS_TOKEN_SECONDS as u64))
+                .build(),
+            answers: Cache::builder()
                 .max_capacity(crate::api::auth::CAPACITY)
                 .time_to_live(Duration::from_secs(ACCESS_TOKEN_SECONDS as u64))
                 .build(),
@@ -489,25 +548,59 @@ impl Default for IssuedTokens {
 }
 
 impl IssuedTokens {
-    /// A token for the install's ServiceAccount (named like the install).
-    async fn issue(
+    /// get-endpoint's answer for `install`: its endpoint, a token of its ServiceAccount (named
+    /// like the install) and its available version.
+    async fn answer(
         &self,
         state: &ApiState,
         install: &PluginInstall,
         plugin: &str,
-    ) -> std::result::Result<String, ApiError> {
+    ) -> std::result::Result<Response, ApiError> {
         let namespace = install.namespace().unwrap_or_default();
         let name = install.name_any();
-        let uid = cache::get(&state.caches().service_accounts, &namespace, &name)
+        let service_account_uid = cache::get(&state.caches().service_accounts, &namespace, &name)
             .and_then(|sa| sa.metadata.uid.clone());
-        let key = TokenFor {
+        let now = state.now();
+        let key = answer_key(install, service_account_uid.as_deref(), plugin);
+        if let Some(answer) = self
+            .answers
+            .get(&key)
+            .filter(|a| a.is_for(install, service_account_uid.as_deref(), plugin) && now < a.until)
+        {
+            return Ok(answer.response());
+        }
+        let token_for = TokenFor {
             audience: audience(&namespace, plugin),
             namespace,
             service_account: name,
-            uid,
+            uid: service_account_uid.clone(),
         };
-        self.get_or_request(state.backend().as_ref(), key, state.now())
-            .await
+        let issued = self
+            .get_or_request(state.backend().as_ref(), token_for, now)
+            .await?;
+        let status = install.status.as_ref();
+        let body = serde_json::to_vec(&PluginEndpoint {
+            endpoint: status.and_then(|s| s.endpoint.clone()).unwrap_or_default(),
+            access_token: issued.token,
+            updated_version: status
+                .and_then(|s| s.available_version.clone())
+                .unwrap_or_default(),
+        })
+        .map_err(|err| ApiError::Internal(format!("serializing the answer: {err}")))?;
+        let answer = Answer {
+            install_uid: install.meta().uid.clone(),
+            resource_version: install.meta().resource_version.clone(),
+            service_account_uid,
+            plugin: plugin.to_owned(),
+            until: issued
+                .expires
+                .checked_sub(SignedDuration::from_secs(ACCESS_TOKEN_SECONDS / 2))
+                .unwrap_or(now),
+            body: body.into(),
+        };
+        let response = answer.response();
+        self.answers.insert(key, Arc::new(answer));
+        Ok(response)
     }
 
     async fn get_or_request(
@@ -515,9 +608,9 @@ impl IssuedTokens {
         backend: &dyn Backend,
         key: TokenFor,
         now: Timestamp,
-    ) -> std::result::Result<String, ApiError> {
+    ) -> std::result::Result<IssuedToken, ApiError> {
         if let Some(issued) = self.cache.get(&key).filter(|t| fresh(t, now)) {
-            return Ok(issued.token);
+            return Ok(issued);
         }
         let issued = backend
             .request_token(
@@ -537,9 +630,8 @@ impl IssuedTokens {
                 },
                 other => other,
             })?;
-        let token = issued.token.clone();
-        self.cache.insert(key, issued);
-        Ok(token)
+        self.cache.insert(key, issued.clone());
+        Ok(issued)
     }
 }
 
@@ -634,6 +726,47 @@ mod tests {
                 retry_after: 5
             }),
             503
+        );
+    }
+
+    #[test]
+    fn a_kept_answer_serves_only_what_it_was_made_for() {
+        let install = |uid: &str, version: &str| -> PluginInstall {
+            serde_json::from_value(json!({
+                "apiVersion": "plugin-operator.dev/v1alpha1", "kind": "PluginInstall",
+                "metadata": {"name": "echo", "namespace": "team-a", "uid": uid,
+                             "resourceVersion": version},
+                "spec": {"plugin": "echo"}
+            }))
+            .expect("install")
+        };
+        let made_for = install("u-1", "7");
+        let answer = Answer {
+            install_uid: Some("u-1".into()),
+            resource_version: Some("7".into()),
+            service_account_uid: Some("sa-1".into()),
+            plugin: "echo".into(),
+            until: Timestamp::from_second(10_000).expect("valid"),
+            body: axum::body::Bytes::from_static(b"{}"),
+        };
+        assert!(answer.is_for(&made_for, Some("sa-1"), "echo"));
+        // The install changed (its status: another endpoint or available version).
+        assert!(!answer.is_for(&install("u-1", "8"), Some("sa-1"), "echo"));
+        // Another install of the same name (deleted and made again).
+        assert!(!answer.is_for(&install("u-2", "7"), Some("sa-1"), "echo"));
+        // Its ServiceAccount made again (the token in the answer was the old one's), or gone.
+        assert!(!answer.is_for(&made_for, Some("sa-2"), "echo"));
+        assert!(!answer.is_for(&made_for, None, "echo"));
+        assert!(!answer.is_for(&made_for, Some("sa-1"), "other"));
+        // Equal inputs hash alike; the key tells them apart in all but a collision, which
+        // `is_for` catches.
+        assert_eq!(
+            answer_key(&made_for, Some("sa-1"), "echo"),
+            answer_key(&install("u-1", "7"), Some("sa-1"), "echo")
+        );
+        assert_ne!(
+            answer_key(&made_for, Some("sa-1"), "echo"),
+            answer_key(&install("u-1", "8"), Some("sa-1"), "echo")
         );
     }
 
