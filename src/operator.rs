@@ -166,6 +166,7 @@ pub async fn run(args: RunArgs) -> Result<(), RunError> {
         health_checker: HealthChecker::new().map_err(RunError::HealthChecker)?,
         recent: Default::default(),
         backoffs: Default::default(),
+        service_creates: Default::default(),
         resync: std::time::Duration::from_secs(args.resync_seconds),
     });
 

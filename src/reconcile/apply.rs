@@ -1,7 +1,10 @@
 //! The writes of the reconcilers, with the one field manager: server-side apply of children and
 //! status, the in-use finalizer, the credentials Secret. Each write happens only when what is
 //! built differs from what is there (the caches, or the Secret's metadata observed).
-use k8s_openapi::api::{apps::v1::Deployment, core::v1::Secret};
+use k8s_openapi::api::{
+    apps::v1::Deployment,
+    core::v1::{Secret, Service},
+};
 use kube::{
     Api, Resource, ResourceExt,
     api::{DeleteParams, Patch, PatchParams, PostParams},
@@ -9,7 +12,9 @@ use kube::{
 };
 use serde::{Serialize, de::DeserializeOwned};
 
-use super::{Context, Error, build::Children, install::CredentialsPlan};
+use std::sync::Arc;
+
+use super::{Context, Error, build::Children, install::CredentialsPlan, service_creates::Outcome};
 use crate::{
     resources::{
         Plugin, PluginInstall, PluginInstallStatus, PluginStatus, PluginVersion,
@@ -58,15 +63,20 @@ pub async fn credentials(ctx: &Context, plan: &CredentialsPlan) -> Result<(), Er
 /// Applies every child whose applied hash differs from the cached one, and the credentials
 /// Secret as planned.
 ///
-/// The Deployment goes last, once its ServiceAccount, ConfigMap, credentials Secret and Service
-/// are there; those four go together (a new install waits one round trip, not four). The
-/// Deployment waits for the Service although its pods do not need it: a Service the API server
-/// refuses (a quota) must keep a new install from running unreachable and turning Active, and
-/// keep its retries on their growing delays rather than woken by its own pods' events.
+/// The Deployment goes once its ServiceAccount, ConfigMap and credentials Secret are there
+/// (those three together: a new install waits one round trip, not three), beside the Service:
+/// the pods do not need the Service, and the API server may take seconds to create one (see
+/// [`service_creates`](super::service_creates)). A Service that is not there yet is created in
+/// the background when `service_in_background` (a new install's first tries) and returned
+/// from [`ServiceCreates::create`](super::service_creates::ServiceCreates::create)'s answer on
+/// a later reconcile; else it is written here. Either way the install is not Active until its
+/// Service is there (the plan reads [`World::service`](super::install::World)).
 pub async fn children(
-    ctx: &Context,
+    ctx: &Arc<Context>,
+    install: &PluginInstall,
     children: &Children,
     credentials: &CredentialsPlan,
+    service_in_background: bool,
 ) -> Result<(), Error> {
     let Children {
         service_account,
@@ -76,16 +86,40 @@ pub async fn children(
         template_hash: _,
     } = children;
     let caches = &ctx.caches;
-    futures::try_join!(
-        apply_if_changed(ctx, service_account, &caches.service_accounts),
-        apply_if_changed(ctx, config_map, &caches.config_maps),
-        apply_if_changed(ctx, service, &caches.services),
-        async {
-            credentials_or_warn(ctx, credentials).await;
-            Ok(())
-        },
-    )?;
-    apply_if_changed(ctx, deployment, &caches.deployments).await
+    let deployment = async {
+        futures::try_join!(
+            apply_if_changed(ctx, service_account, &caches.service_accounts),
+            apply_if_changed(ctx, config_map, &caches.config_maps),
+            async {
+                credentials_or_warn(ctx, credentials).await;
+                Ok(())
+            },
+        )?;
+        apply_if_changed(ctx, deployment, &caches.deployments).await
+    };
+    let namespace = service.namespace().unwrap_or_default();
+    let name = service.name_any();
+    let service = async {
+        if cache::get(&caches.services, &namespace, &name).is_some() {
+            ctx.service_creates.forget(&namespace, &name);
+            return apply_if_changed(ctx, service, &caches.services).await;
+        }
+        match ctx.service_creates.answer(&namespace, &name) {
+            Some(Outcome::Failed(error)) => Err(error),
+            Some(Outcome::Created | Outcome::Pending) => Ok(()),
+            None if service_in_background => {
+                ctx.service_creates.create(ctx, install, service);
+                Ok(())
+            }
+            None => apply_if_changed(ctx, service, &caches.services).await,
+        }
+    };
+    futures::try_join!(deployment, service).map(|_| ())
+}
+
+/// Writes a Service (what [`children`] hands to the background).
+pub async fn service(ctx: &Context, service: &Service) -> Result<(), Error> {
+    apply_if_changed(ctx, service, &ctx.caches.services).await
 }
 
 /// [`credentials`], a failure logged and not returned: without credentials (e.g. RBAC without

@@ -9,6 +9,7 @@ pub mod catalog;
 pub mod events;
 pub mod install;
 pub mod jobs;
+pub mod service_creates;
 
 use std::{future::Future, sync::Arc, time::Duration};
 
@@ -54,6 +55,8 @@ pub struct Context {
     pub recent: RecentWrites,
     /// Failures in a row per object, for the growing retry delays.
     pub backoffs: Backoffs,
+    /// New installs' Services, created in the background.
+    pub service_creates: service_creates::ServiceCreates,
     /// How long a settled object waits for its next reconcile without a change
     /// (`--resync-seconds`; [`install::RESYNC`] by default).
     pub resync: Duration,
@@ -183,7 +186,9 @@ fn without_url(err: &reqwest::Error) -> String {
 /// failure in a row of that object ([`Backoffs`]): from 1 s for what may pass on the next try
 /// (timeouts, conflicts, 429, 5xx), from 5 s for what the API server refused (the reconcile has
 /// already reported it in status), doubling up to 5 minutes, with jitter. A success resets it
-/// (see `timed`).
+/// (see `timed`). After a refusal the object is held until its delay is over: the events of
+/// its own making (its pods, its status) do not bring the retry forward, a change of what the
+/// user set does.
 fn error_policy<K: Resource<DynamicType = ()>>(
     object: Arc<K>,
     error: &Error,
@@ -194,17 +199,36 @@ fn error_policy<K: Resource<DynamicType = ()>>(
         .reconcile_failed(kind.as_ref(), error.metric_label());
     let key = backoff_key(&*object);
     let delay = ctx.backoffs.failed(&key, error.permanent());
+    if error.permanent() {
+        ctx.backoffs.hold(
+            &key,
+            user_input(&*object),
+            std::time::Instant::now() + delay,
+        );
+    }
     tracing::warn!(object = %object.name_any(), namespace = ?object.namespace(), %error, retry_in = ?delay, "reconcile failed");
     Action::requeue(delay)
 }
 
-fn backoff_key<K: Resource<DynamicType = ()>>(object: &K) -> String {
+pub(crate) fn backoff_key<K: Resource<DynamicType = ()>>(object: &K) -> String {
     format!(
         "{}/{}/{}",
         K::kind(&()),
         object.namespace().unwrap_or_default(),
         object.name_any()
     )
+}
+
+/// What a user sets of an object, hashed: its spec (generation), labels and annotations, and
+/// its deletion.
+fn user_input<K: Resource>(object: &K) -> u64 {
+    let meta = object.meta();
+    install::views::fingerprint((
+        meta.generation,
+        &meta.labels,
+        &meta.annotations,
+        meta.deletion_timestamp.is_some(),
+    ))
 }
 
 /// Which objects a change of another one concerns, read from the caches.
@@ -374,6 +398,7 @@ pub fn run(
             .watches_stream(feeds.plugins.deleted(), move |p: Plugin| {
                 r4.installs_of_plugin(&p.namespace().unwrap_or_default(), &p.name_any())
             })
+            .reconcile_on(ctx.service_creates.woken())
             .reconcile_all_on(ctx.leader.gained())
             .run(
                 timed(install::reconcile, "PluginInstall", caches.installs.clone()),
@@ -483,6 +508,14 @@ where
                 Fresh::Stale => return Ok(Action::requeue(Duration::from_secs(1))),
             };
             let key = backoff_key(&*object);
+            // After a refusal the next try waits out its delay, whatever woke it (its pods, a
+            // status written), unless the user changed the object; not a success either.
+            if let Some(held) =
+                ctx.backoffs
+                    .held(&key, user_input(&*object), std::time::Instant::now())
+            {
+                return Ok(Action::requeue(held));
+            }
             let started = std::time::Instant::now();
             let result = reconcile(object, ctx.clone()).await;
             ctx.metrics.reconciled(kind, started.elapsed());

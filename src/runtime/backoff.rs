@@ -4,7 +4,11 @@
 //! Written here rather than taken from a crate: the state is a counter per object kept between
 //! reconciles (kube's controller asks for one delay per failure), and the delay is one formula;
 //! the backoff crates model a retry loop that owns its iterator.
-use std::{collections::HashMap, sync::Mutex, time::Duration};
+use std::{
+    collections::HashMap,
+    sync::Mutex,
+    time::{Duration, Instant},
+};
 
 /// The first delay after a failure that may pass on the next try (timeout, conflict, 5xx).
 pub const TRANSIENT_FIRST: Duration = Duration::from_secs(1);
@@ -13,20 +17,32 @@ pub const REFUSED_FIRST: Duration = Duration::from_secs(5);
 /// No delay grows past this.
 pub const CAP: Duration = Duration::from_secs(300);
 
-/// Failures in a row, per object key.
+/// Failures in a row, per object key, and the retries held back after a refusal.
 #[derive(Default)]
 pub struct Backoffs {
-    failures: Mutex<HashMap<String, u32>>,
+    failures: Mutex<HashMap<String, Failures>>,
+}
+
+#[derive(Default)]
+struct Failures {
+    count: u32,
+    held: Option<Held>,
+}
+
+/// No try before `until` unless what the user set of the object changes (`input`, a hash).
+struct Held {
+    until: Instant,
+    input: u64,
 }
 
 impl Backoffs {
     /// Records a failure of `key` and returns how long to wait before the next try.
     pub fn failed(&self, key: &str, refused: bool) -> Duration {
         let count = {
-            let mut failures = self.failures.lock().unwrap_or_else(|p| p.into_inner());
-            let count = failures.entry(key.to_owned()).or_default();
-            *count = count.saturating_add(1);
-            *count
+            let mut failures = self.lock();
+            let entry = failures.entry(key.to_owned()).or_default();
+            entry.count = entry.count.saturating_add(1);
+            entry.count
         };
         let first = if refused {
             REFUSED_FIRST
@@ -36,10 +52,34 @@ impl Backoffs {
         with_jitter(delay(first, count), jitter_fraction())
     }
 
+    /// Holds `key`'s tries back until `until`, unless `input` (what the user set) changes: a
+    /// refused write waits out its delay rather than being retried on every event of the
+    /// object's own making (its pods starting, a status written).
+    pub fn hold(&self, key: &str, input: u64, until: Instant) {
+        if let Some(entry) = self.lock().get_mut(key) {
+            entry.held = Some(Held { until, input });
+        }
+    }
+
+    /// How long `key`'s next try is still held back, if it is and `input` is unchanged.
+    pub fn held(&self, key: &str, input: u64, now: Instant) -> Option<Duration> {
+        let failures = self.lock();
+        let held = failures.get(key)?.held.as_ref()?;
+        (held.input == input && now < held.until).then(|| held.until - now)
+    }
+
+    /// Whether `key`'s last try failed.
+    pub fn failing(&self, key: &str) -> bool {
+        self.lock().contains_key(key)
+    }
+
     /// Forgets `key`'s failures: its next failure starts from the first delay again.
     pub fn succeeded(&self, key: &str) {
-        let mut failures = self.failures.lock().unwrap_or_else(|p| p.into_inner());
-        failures.remove(key);
+        self.lock().remove(key);
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, Failures>> {
+        self.failures.lock().unwrap_or_else(|p| p.into_inner())
     }
 }
 
@@ -93,5 +133,32 @@ mod tests {
         assert!(other <= Duration::from_millis(1200), "{other:?}");
         backoffs.succeeded("a");
         assert!(backoffs.failed("a", true) <= Duration::from_secs(6));
+    }
+
+    #[test]
+    fn a_held_retry_waits_unless_the_user_changes_the_object() {
+        let backoffs = Backoffs::default();
+        let now = Instant::now();
+        // Nothing failed: nothing to hold.
+        backoffs.hold("a", 1, now + Duration::from_secs(5));
+        assert_eq!(backoffs.held("a", 1, now), None);
+        assert!(!backoffs.failing("a"));
+
+        backoffs.failed("a", true);
+        backoffs.hold("a", 1, now + Duration::from_secs(5));
+        assert!(backoffs.failing("a"));
+        assert_eq!(backoffs.held("a", 1, now), Some(Duration::from_secs(5)));
+        assert_eq!(
+            backoffs.held("a", 1, now + Duration::from_secs(2)),
+            Some(Duration::from_secs(3))
+        );
+        assert_eq!(backoffs.held("a", 1, now + Duration::from_secs(5)), None);
+        // Another spec, labels or annotations: tried at once.
+        assert_eq!(backoffs.held("a", 2, now), None);
+        assert_eq!(backoffs.held("b", 1, now), None);
+        // A success forgets the hold with the failures.
+        backoffs.succeeded("a");
+        assert_eq!(backoffs.held("a", 1, now), None);
+        assert!(!backoffs.failing("a"));
     }
 }

@@ -37,6 +37,10 @@ pub use plan::{
 pub async fn reconcile(install: Arc<PluginInstall>, ctx: Arc<Context>) -> Result<Action, Error> {
     if !ctx.leader.is_leader() || install.meta().deletion_timestamp.is_some() {
         ctx.recent.installs.forget(&install);
+        ctx.service_creates.forget(
+            &install.namespace().unwrap_or_default(),
+            &install.name_any(),
+        );
         return Ok(Action::await_change());
     }
     let install = ctx.recent.installs.fresh(install);
@@ -58,7 +62,12 @@ pub async fn reconcile(install: Arc<PluginInstall>, ctx: Arc<Context>) -> Result
     }
     let applied = match children {
         ChildrenPlan::Keep => Ok(()),
-        ChildrenPlan::Apply(children) => apply::children(&ctx, &children, &credentials).await,
+        ChildrenPlan::Apply(children) => {
+            // A new Service is created in the background on the first tries; once writes of
+            // this install fail in a row, here, so that its retries keep their delays.
+            let in_background = !ctx.backoffs.failing(&super::backoff_key(&*install));
+            apply::children(&ctx, &install, &children, &credentials, in_background).await
+        }
         ChildrenPlan::RemoveDeployment => apply::remove_deployment(&ctx, &install).await,
         ChildrenPlan::External(service_account) => {
             apply::external(&ctx, &install, &service_account).await

@@ -36,6 +36,9 @@ pub struct World {
     /// Versions of the plugin (in the plugin's namespace).
     pub versions: Vec<Arc<PluginVersion>>,
     pub deployment: Option<Arc<Deployment>>,
+    /// Whether the install's Service is there: in the cache, or created in the background and
+    /// not cached yet ([`ServiceCreates`](crate::reconcile::service_creates::ServiceCreates)).
+    pub service: bool,
     /// Pods labelled with the install's name.
     pub pods: Vec<Arc<Pod>>,
     /// Values of `configFrom` Secrets, merged; or why they could not be used.
@@ -122,6 +125,8 @@ pub async fn observe(install: &Arc<PluginInstall>, ctx: &Context) -> Result<Worl
     };
     let deployment = cache::get(&ctx.caches.deployments, &namespace, &name);
     let pods = ctx.caches.pods_of(&namespace, &name);
+    let service = cache::get(&ctx.caches.services, &namespace, &name).is_some()
+        || ctx.service_creates.created(&namespace, &name);
     let secret_config = match &plugin {
         Ok(p) if install.spec.active => read_config_secrets(ctx, install, p).await?,
         _ => Ok(Map::new()),
@@ -198,6 +203,7 @@ pub async fn observe(install: &Arc<PluginInstall>, ctx: &Context) -> Result<Worl
         plugin,
         versions,
         deployment,
+        service,
         pods,
         secret_config,
         external_health,

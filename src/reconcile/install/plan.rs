@@ -624,7 +624,17 @@ fn decide_supervised<'w>(
         &install.namespace().unwrap_or_default(),
         current.execution.port,
     ));
-    let requeue = progress(&mut outcome, decision.phase, &target);
+    // Active needs the Service callers reach the plugin by: created in the background, it may
+    // come after the pods are ready (and its creation wakes the install).
+    let requeue = if decision.phase == Phase::Active && !world.service {
+        outcome.phase(
+            Phase::Connecting,
+            &format!("version {target} is running; waiting for its Service"),
+        );
+        IN_PROGRESS_RECHECK
+    } else {
+        progress(&mut outcome, decision.phase, &target)
+    };
     Ok(outcome.finish(Wanted::Run(current), requeue))
 }
 

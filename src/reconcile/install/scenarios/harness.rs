@@ -101,6 +101,10 @@ pub struct Cluster {
     pub plugins: Vec<Plugin>,
     pub versions: Vec<PluginVersion>,
     pub deployment: Option<Deployment>,
+    /// Whether the Service is there (applied children bring it, unless a test holds it back).
+    pub service: bool,
+    /// The Service is not created when the children are applied (the API server is slow).
+    pub service_held_back: bool,
     pub pods: Vec<Pod>,
     pub credentials: Option<ObjectMeta>,
     pub external_health: Option<Result<(), String>>,
@@ -133,6 +137,8 @@ impl Cluster {
             plugins: vec![plugin],
             versions,
             deployment: None,
+            service: false,
+            service_held_back: false,
             pods: Vec::new(),
             credentials: None,
             external_health: None,
@@ -159,6 +165,7 @@ impl Cluster {
             plugin,
             versions: self.versions.iter().cloned().map(Arc::new).collect(),
             deployment: self.deployment.clone().map(Arc::new),
+            service: self.service,
             pods: self.pods.iter().cloned().map(Arc::new).collect(),
             secret_config: self.secret_config.clone(),
             external_health: self.external_health.clone(),
@@ -179,6 +186,7 @@ impl Cluster {
                 let mut deployment = children.deployment.clone();
                 deployment.status = status;
                 self.deployment = Some(deployment);
+                self.service |= !self.service_held_back;
             }
             ChildrenPlan::RemoveDeployment | ChildrenPlan::External(_) => {
                 self.deployment = None;

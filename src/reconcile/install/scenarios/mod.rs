@@ -105,6 +105,32 @@ fn starting_connecting_active() {
 }
 
 #[test]
+fn ready_pods_wait_for_the_service_to_turn_active() {
+    let mut cluster = Cluster::new(json!({}), vec![version("1.0.0")]);
+    cluster.service_held_back = true;
+    cluster.reconcile();
+    cluster.kubelet(&[PodState::Ready]);
+    let plan = cluster.reconcile();
+    assert_eq!(cluster.phase(), Some(Phase::Connecting));
+    let ready =
+        conditions::find_condition(&cluster.status().conditions, conditions::READY).expect("Ready");
+    assert_eq!(
+        (ready.status.as_str(), ready.message.as_str()),
+        ("False", "version 1.0.0 is running; waiting for its Service")
+    );
+    assert_eq!(cluster.status().version, None);
+    assert_ne!(plan.requeue, RESYNC);
+
+    cluster.service = true;
+    let plan = cluster.reconcile();
+    assert_eq!(
+        transition(&plan),
+        Some((Some(Phase::Connecting), Phase::Active))
+    );
+    assert_eq!(cluster.status().version.as_deref(), Some("1.0.0"));
+}
+
+#[test]
 fn crash_restarting_active() {
     let mut cluster = Cluster::new(json!({}), vec![version("1.0.0")]);
     cluster.active();
