@@ -15,7 +15,8 @@
 //! default limits, access log and metrics); the access log goes nowhere here (no subscriber).
 //! The default concurrency limit (256) is above the 64 connections of the largest case.
 //!
-//! `BENCH_SECONDS` (default 3) sets how long each turn runs, `BENCH_ROUNDS` (default 3) how
+//! `BENCH_CONNECTIONS` (default `1,16,64`) the connection counts, `BENCH_SECONDS` (default 3)
+//! how long each turn runs, `BENCH_ROUNDS` (default 5) how
 //! many turns get-endpoint and `/noop` take, alternately. The CPU per request is the whole
 //! process's (server and load generator together).
 use std::{
@@ -56,7 +57,16 @@ static ROUNDS: std::sync::LazyLock<usize> = std::sync::LazyLock::new(|| {
     std::env::var("BENCH_ROUNDS")
         .ok()
         .and_then(|s| s.parse().ok())
-        .unwrap_or(3)
+        .unwrap_or(5)
+});
+
+/// The connection counts measured (`BENCH_CONNECTIONS`, comma-separated; 1, 16 and 64).
+static CONNECTIONS: std::sync::LazyLock<Vec<usize>> = std::sync::LazyLock::new(|| {
+    std::env::var("BENCH_CONNECTIONS")
+        .ok()
+        .map(|s| s.split(',').filter_map(|n| n.trim().parse().ok()).collect())
+        .filter(|c: &Vec<usize>| !c.is_empty())
+        .unwrap_or_else(|| vec![1, 16, 64])
 });
 
 /// Namespaces (tenants) and installs per namespace in the stores.
@@ -416,7 +426,7 @@ fn main() {
         "route", "conns", "req/s", "p50", "p99", "CPU µs/req", "errors"
     );
     let mut table = Vec::new();
-    for connections in [1, 16, 64] {
+    for &connections in CONNECTIONS.iter() {
         // get-endpoint and its yardstick take turns, `ROUNDS` times each, so that the noise of
         // a shared machine falls on both alike; `/openapi.json` once, for reference.
         let mut turns = Vec::new();
@@ -456,7 +466,7 @@ fn main() {
     println!();
     println!("get-endpoint relative to GET /noop (throughput ratio, p50 ratio, p99 ratio):");
     let mut ratios = Vec::new();
-    for connections in [1, 16, 64] {
+    for &connections in CONNECTIONS.iter() {
         let find = |name: &str| {
             table
                 .iter()

@@ -111,7 +111,11 @@ pub async fn children(
                 ctx.service_creates.create(ctx, install, service);
                 Ok(())
             }
-            None => apply_if_changed(ctx, service, &caches.services).await,
+            None => {
+                apply_if_changed(ctx, service, &caches.services).await?;
+                ctx.service_creates.written(install, service);
+                Ok(())
+            }
         }
     };
     futures::try_join!(deployment, service).map(|_| ())

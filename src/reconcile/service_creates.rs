@@ -132,6 +132,15 @@ impl ServiceCreates {
         });
     }
 
+    /// A Service that was not cached was written by the reconcile itself (a retry): known as
+    /// created, and its install woken, as after a create in the background (the plan of the
+    /// reconcile that wrote it still saw no Service).
+    pub fn written(&self, install: &PluginInstall, service: &Service) {
+        let key = (service.namespace().unwrap_or_default(), service.name_any());
+        self.lock().insert(key, State::Created);
+        let _ = self.wake.send(ObjectRef::from_obj(install));
+    }
+
     /// Forgets what is known of this Service's create: the cache shows it, or its install is
     /// gone.
     pub fn forget(&self, namespace: &str, name: &str) {

@@ -392,7 +392,7 @@ where
     K::DynamicType: Eq + std::hash::Hash + Clone + Default,
 {
     match event {
-        watcher::Event::Apply(object) => index.applied(object),
+        watcher::Event::Apply(object) => index.applied(object, store),
         watcher::Event::Delete(object) => index.deleted(object),
         // The store swaps in the new list at its end; so does the index.
         watcher::Event::InitDone => index.rebuild(&store.state()),

@@ -28,14 +28,15 @@ where
     maps: RwLock<Maps<K>>,
 }
 
-/// Each key's objects in order, with the reference the store is asked by built once (a lookup
-/// then copies no names: get-endpoint makes one per request).
+/// Each key's objects in order: the store's own `Arc`s (taken from it right after it applied the
+/// event, in the same task, so the two agree), so that a lookup copies no names and asks the
+/// store nothing (get-endpoint makes one per request).
 struct Maps<K>
 where
     K: kube::Resource,
     K::DynamicType: Eq + std::hash::Hash,
 {
-    by_key: HashMap<String, BTreeMap<Key, ObjectRef<K>>>,
+    by_key: HashMap<String, BTreeMap<Key, Arc<K>>>,
     keys_of: HashMap<Key, Vec<String>>,
 }
 
@@ -68,13 +69,12 @@ where
         }
     }
 
-    fn insert(&mut self, object: Key, keys: Vec<String>) {
-        let reference = ObjectRef::new(&object.1).within(&object.0);
+    fn insert(&mut self, object: Key, stored: &Arc<K>, keys: Vec<String>) {
         for key in &keys {
             self.by_key
                 .entry(key.clone())
                 .or_default()
-                .insert(object.clone(), reference.clone());
+                .insert(object.clone(), stored.clone());
         }
         self.keys_of.insert(object, keys);
     }
@@ -96,14 +96,17 @@ where
         }
     }
 
-    /// An object was created or changed.
-    pub fn applied(&self, object: &K) {
+    /// An object was created or changed, and `store` holds it now.
+    pub fn applied(&self, object: &K, store: &Store<K>) {
         let keys = (self.keys_of)(object);
         let key = key_of(object);
+        let stored = store
+            .get(&ObjectRef::new(&key.1).within(&key.0))
+            .unwrap_or_else(|| Arc::new(object.clone()));
         // Poisoned only if a holder panicked mid-update; the next relist rebuilds it.
         if let Ok(mut maps) = self.maps.write() {
             maps.remove(&key);
-            maps.insert(key, keys);
+            maps.insert(key, &stored, keys);
         }
     }
 
@@ -118,7 +121,7 @@ where
     pub fn rebuild(&self, objects: &[Arc<K>]) {
         let mut fresh = Maps::default();
         for object in objects {
-            fresh.insert(key_of(&**object), (self.keys_of)(object));
+            fresh.insert(key_of(&**object), object, (self.keys_of)(object));
         }
         if let Ok(mut maps) = self.maps.write() {
             *maps = fresh;
@@ -131,14 +134,12 @@ where
     }
 
     /// The objects of `store` found by `key`, sorted by namespace and name.
-    pub fn get(&self, store: &Store<K>, key: &str) -> Vec<Arc<K>> {
-        // The store's lock is taken inside the index's: no writer holds both (the store is
-        // written before its index is told), so the order cannot deadlock.
+    pub fn get(&self, key: &str) -> Vec<Arc<K>> {
         match self.maps.read() {
             Ok(maps) => maps
                 .by_key
                 .get(key)
-                .map(|objects| objects.values().filter_map(|r| store.get(r)).collect())
+                .map(|objects| objects.values().cloned().collect())
                 .unwrap_or_default(),
             Err(_) => Vec::new(),
         }
@@ -174,7 +175,7 @@ mod tests {
         let mut event = |event: watcher::Event<ConfigMap>| {
             writer.apply_watcher_event(&event);
             match &event {
-                watcher::Event::Apply(o) => index.applied(o),
+                watcher::Event::Apply(o) => index.applied(o, &store),
                 watcher::Event::Delete(o) => index.deleted(o),
                 watcher::Event::InitDone => index.rebuild(&store.state()),
                 _ => {}
@@ -184,20 +185,25 @@ mod tests {
         event(watcher::Event::InitApply(map("a", "one", "red")));
         event(watcher::Event::InitApply(map("b", "two", "red")));
         event(watcher::Event::InitDone);
-        assert_eq!(names(&index.get(&store, "red")), ["one", "two"]);
+        assert_eq!(names(&index.get("red")), ["one", "two"]);
 
         // A change moves an object from one key to another.
         event(watcher::Event::Apply(map("a", "one", "blue")));
-        assert_eq!(names(&index.get(&store, "red")), ["two"]);
-        assert_eq!(names(&index.get(&store, "blue")), ["one"]);
+        assert_eq!(names(&index.get("red")), ["two"]);
+        assert_eq!(names(&index.get("blue")), ["one"]);
+        // The store's own object, as it is now (not a copy of the event's).
+        let stored = store
+            .get(&reflector::ObjectRef::new("one").within("a"))
+            .expect("stored");
+        assert!(Arc::ptr_eq(&index.get("blue")[0], &stored));
 
         event(watcher::Event::Delete(map("b", "two", "red")));
-        assert!(index.get(&store, "red").is_empty());
+        assert!(index.get("red").is_empty());
 
         // A relist that no longer has `one` and has `three` replaces what the index knew.
         event(watcher::Event::Init);
         event(watcher::Event::InitApply(map("c", "three", "blue")));
         event(watcher::Event::InitDone);
-        assert_eq!(names(&index.get(&store, "blue")), ["three"]);
+        assert_eq!(names(&index.get("blue")), ["three"]);
     }
 }

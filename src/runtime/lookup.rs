@@ -31,7 +31,7 @@ impl Caches {
     pub fn versions_of(&self, namespace: &str, plugin: &str) -> Vec<Arc<PluginVersion>> {
         self.indexes
             .versions
-            .get(&self.versions, &Indexes::plugin(namespace, plugin))
+            .get(&Indexes::plugin(namespace, plugin))
     }
 
     /// The versions of a Plugin.
@@ -44,29 +44,25 @@ impl Caches {
     pub fn installs_of(&self, namespace: &str, plugin: &str) -> Vec<Arc<PluginInstall>> {
         self.indexes
             .installs
-            .get(&self.installs, &Indexes::plugin(namespace, plugin))
+            .get(&Indexes::plugin(namespace, plugin))
     }
 
     /// The installs of a namespace, sorted by name.
     pub fn installs_in(&self, namespace: &str) -> Vec<Arc<PluginInstall>> {
-        self.indexes
-            .installs
-            .get(&self.installs, &Indexes::namespace(namespace))
+        self.indexes.installs.get(&Indexes::namespace(namespace))
     }
 
     /// An install by `metadata.uid`, in any namespace.
     pub fn install_by_uid(&self, uid: &str) -> Option<Arc<PluginInstall>> {
         self.indexes
             .installs
-            .get(&self.installs, &Indexes::uid(uid))
+            .get(&Indexes::uid(uid))
             .into_iter()
             .find(|i| i.meta().uid.as_deref() == Some(uid))
     }
 
     /// The pods of the install `namespace/install` (by its label).
     pub fn pods_of(&self, namespace: &str, install: &str) -> Vec<Arc<Pod>> {
-        self.indexes
-            .pods
-            .get(&self.pods, &Indexes::install(namespace, install))
+        self.indexes.pods.get(&Indexes::install(namespace, install))
     }
 }

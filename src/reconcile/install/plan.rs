@@ -625,13 +625,15 @@ fn decide_supervised<'w>(
         current.execution.port,
     ));
     // Active needs the Service callers reach the plugin by: created in the background, it may
-    // come after the pods are ready (and its creation wakes the install).
+    // come after the pods are ready. The create's answer wakes the install, so there is nothing
+    // to look at before (under load Services wait their turn for a minute and more, and a
+    // recheck every few seconds was most of the reconciles).
     let requeue = if decision.phase == Phase::Active && !world.service {
         outcome.phase(
             Phase::Connecting,
             &format!("version {target} is running; waiting for its Service"),
         );
-        IN_PROGRESS_RECHECK
+        RESYNC
     } else {
         progress(&mut outcome, decision.phase, &target)
     };
