@@ -67,9 +67,10 @@ pub async fn credentials(ctx: &Context, plan: &CredentialsPlan) -> Result<(), Er
 /// (those three together: a new install waits one round trip, not three), beside the Service:
 /// the pods do not need the Service, and the API server may take seconds to create one (see
 /// [`service_creates`](super::service_creates)). A Service that is not there yet is created in
-/// the background when `service_in_background` (a new install's first tries) and returned
-/// from [`ServiceCreates::create`](super::service_creates::ServiceCreates::create)'s answer on
-/// a later reconcile; else it is written here. Either way the install is not Active until its
+/// the background when `service_in_background` (a new install's first tries), and how that
+/// went is read on a later reconcile
+/// ([`ServiceCreates::answer`](super::service_creates::ServiceCreates::answer): a refusal is
+/// returned here then); else it is written here. Either way the install is not Active until its
 /// Service is there (the plan reads [`World::service`](super::install::World)).
 pub async fn children(
     ctx: &Arc<Context>,
