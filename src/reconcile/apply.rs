@@ -113,7 +113,7 @@ pub async fn children(
                 Ok(())
             }
             None => {
-                apply_if_changed(ctx, service, &caches.services).await?;
+                self::service(ctx, service).await?;
                 ctx.service_creates.written(install, service);
                 Ok(())
             }

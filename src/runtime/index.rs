@@ -19,11 +19,7 @@ type Key = (String, String);
 pub type KeysOf<K> = Box<dyn Fn(&K) -> Vec<String> + Send + Sync>;
 
 /// Objects of one cached kind by the keys `keys_of` gives them.
-pub struct Index<K>
-where
-    K: kube::Resource,
-    K::DynamicType: Eq + std::hash::Hash,
-{
+pub struct Index<K> {
     keys_of: KeysOf<K>,
     maps: RwLock<Maps<K>>,
 }
@@ -31,20 +27,13 @@ where
 /// Each key's objects in order: the store's own `Arc`s (taken from it right after it applied the
 /// event, in the same task, so the two agree), so that a lookup copies no names and asks the
 /// store nothing (get-endpoint makes one per request).
-struct Maps<K>
-where
-    K: kube::Resource,
-    K::DynamicType: Eq + std::hash::Hash,
-{
+struct Maps<K> {
     by_key: HashMap<String, BTreeMap<Key, Arc<K>>>,
     keys_of: HashMap<Key, Vec<String>>,
 }
 
-impl<K> Default for Maps<K>
-where
-    K: kube::Resource,
-    K::DynamicType: Eq + std::hash::Hash,
-{
+// Not derived: that would ask `K: Default`.
+impl<K> Default for Maps<K> {
     fn default() -> Self {
         Self {
             by_key: HashMap::new(),
@@ -53,11 +42,7 @@ where
     }
 }
 
-impl<K> Maps<K>
-where
-    K: kube::Resource,
-    K::DynamicType: Eq + std::hash::Hash + Clone + Default,
-{
+impl<K> Maps<K> {
     fn remove(&mut self, object: &Key) {
         for key in self.keys_of.remove(object).unwrap_or_default() {
             if let Some(set) = self.by_key.get_mut(&key) {
